@@ -1,0 +1,1 @@
+"""chinwag.export"""

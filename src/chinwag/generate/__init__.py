@@ -1,0 +1,1 @@
+"""chinwag.generate: sampling and the chat CLI."""

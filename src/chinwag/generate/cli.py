@@ -1,0 +1,5 @@
+"""`chinwag chat RUN` (placeholder)."""
+
+
+def chat(run: str) -> None:
+    raise NotImplementedError

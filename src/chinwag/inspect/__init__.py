@@ -1,0 +1,1 @@
+"""chinwag.inspect: plots and run inspection."""

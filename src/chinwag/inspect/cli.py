@@ -1,0 +1,5 @@
+"""`chinwag plot RUN` (placeholder)."""
+
+
+def plot(run: str) -> None:
+    raise NotImplementedError

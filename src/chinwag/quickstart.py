@@ -1,0 +1,5 @@
+"""`chinwag quickstart` (placeholder)."""
+
+
+def quickstart(out: str = "runs/quickstart") -> None:
+    raise NotImplementedError
