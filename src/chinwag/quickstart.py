@@ -41,7 +41,7 @@ def quickstart(
 
     from chinwag.data import iter_texts, prepare
     from chinwag.generate.cli import ChatSession
-    from chinwag.generate.sample import SamplingParams
+    from chinwag.generate.sampling import SamplingParams
     from chinwag.tokenizer import train_bpe
     from chinwag.train.config import TrainConfig
     from chinwag.train.trainer import train
@@ -146,11 +146,11 @@ def quickstart(
     )
 
     step("6/6 samples (fixed prompts, temperature 0.7, seeded)")
-    session = ChatSession(out / "sft", threads=threads)
     params = SamplingParams(temperature=0.7, top_k=40, top_p=0.95, max_new_tokens=48, seed=seed)
+    session = ChatSession(out / "sft", params=params, threads=threads)
     for p in PROMPTS:
         session.reset()
-        con.print(f"[cyan]user>[/cyan] {p}\n[green]bot>[/green]  {session.reply(p, params)}")
+        con.print(f"[cyan]user>[/cyan] {p}\n[green]bot>[/green]  {session.reply(p)}")
 
     con.rule(f"done in {(time.time() - t0) / 60:.1f} min")
     con.print(

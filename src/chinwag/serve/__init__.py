@@ -1,0 +1,1 @@
+"""chinwag.serve: the OpenAI-compatible HTTP/WebSocket server, web chat page and conversation store."""
