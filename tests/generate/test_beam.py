@@ -8,37 +8,9 @@ import torch
 
 from chinwag.generate.beam import beam_search
 from chinwag.generate.sampling import SamplingParams
-from chinwag.model.model import ChinwagLM
-from chinwag.model.presets import get_config
+from tests.generate.helpers import greedy, tiny
 
 PROMPTS = [[1, 2, 3], [5], [7, 7, 9, 11, 2], [30, 0, 12, 4]]
-
-
-def tiny(seed: int, vocab: int = 32) -> ChinwagLM:
-    torch.manual_seed(seed)
-    cfg = get_config(
-        "tiny",
-        vocab_size=vocab,
-        d_model=32,
-        n_layers=2,
-        n_heads=2,
-        n_kv_heads=1,
-        ffn_hidden=64,
-        max_seq_len=64,
-        init_std=0.3,
-    )
-    return ChinwagLM(cfg).eval()
-
-
-@torch.inference_mode()
-def greedy(model, prompt, n, stop=()):
-    ids = list(prompt)
-    for _ in range(n):
-        t = int(model(torch.tensor([ids]))[0][0, -1].argmax())
-        if t in stop:
-            break
-        ids.append(t)
-    return ids[len(prompt) :]
 
 
 @torch.inference_mode()

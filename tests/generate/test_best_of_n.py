@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import string
 
 import pytest
 import torch
@@ -11,37 +10,11 @@ import torch
 from chinwag.generate.best_of_n import best_of_n, sample_n
 from chinwag.generate.sampling import SamplingParams
 from chinwag.generate.scorers import FunctionScorer, MeanLogProbScorer, RewardModelScorer, Scorer
-from chinwag.model.model import ChinwagLM
-from chinwag.model.presets import get_config
-
-
-class CharTok:
-    """id i <-> one letter, so text scorers can be checked by eye. Id 31 plays <|end|>."""
-
-    end_id, eos_id = 31, None
-
-    def decode(self, ids):
-        return "".join(string.ascii_letters[i] for i in ids)
-
-
-def tiny(seed: int = 0) -> ChinwagLM:
-    torch.manual_seed(seed)
-    cfg = get_config(
-        "tiny",
-        vocab_size=32,
-        d_model=32,
-        n_layers=2,
-        n_heads=2,
-        n_kv_heads=1,
-        ffn_hidden=64,
-        max_seq_len=64,
-        init_std=0.3,
-    )
-    return ChinwagLM(cfg).eval()
+from tests.generate.helpers import CharTok, tiny
 
 
 def test_returns_the_max_scoring_sample_and_all_scores():
-    m, tok = tiny(), CharTok()
+    m, tok = tiny(), CharTok(end_id=31)
     scorer = FunctionScorer(lambda prompt, text: text.count("c") - 0.01 * len(text), tok)
     params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=12, seed=7)
     r = best_of_n(m, tok, [1, 2, 3], scorer, n=8, params=params)

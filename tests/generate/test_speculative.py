@@ -9,37 +9,9 @@ import torch
 
 from chinwag.generate.sampling import SamplingParams, probs_from_logits
 from chinwag.generate.speculative import accept_or_resample, speculative_generate
-from chinwag.model.model import ChinwagLM
-from chinwag.model.presets import get_config
+from tests.generate.helpers import greedy, tiny
 
 PROMPTS = [[1, 2, 3], [5], [7, 7, 9, 11, 2], [30, 0, 12, 4, 4, 4, 1]]
-
-
-def tiny(seed: int, vocab: int = 32, d_model: int = 32, std: float = 0.3) -> ChinwagLM:
-    torch.manual_seed(seed)
-    cfg = get_config(
-        "tiny",
-        vocab_size=vocab,
-        d_model=d_model,
-        n_layers=2,
-        n_heads=2,
-        n_kv_heads=1,
-        ffn_hidden=2 * d_model,
-        max_seq_len=64,
-        init_std=std,
-    )
-    return ChinwagLM(cfg).eval()
-
-
-@torch.inference_mode()
-def greedy(model, prompt, n, stop=()):
-    ids = list(prompt)
-    for _ in range(n):
-        t = int(model(torch.tensor([ids]))[0][0, -1].argmax())
-        if t in stop:
-            break
-        ids.append(t)
-    return ids[len(prompt) :]
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])

@@ -2,47 +2,12 @@
 
 from __future__ import annotations
 
-import string
-
 import pytest
-import torch
 
 from chinwag.generate.sampling import SamplingParams
 from chinwag.generate.scorers import FunctionScorer, RewardModelScorer
 from chinwag.generate.tree import tree_search
-from chinwag.model.model import ChinwagLM
-from chinwag.model.presets import get_config
-
-
-class CharTok:
-    end_id, eos_id = None, None
-
-    def decode(self, ids):
-        return "".join(string.ascii_letters[i] for i in ids)
-
-
-def tiny(seed: int = 0) -> ChinwagLM:
-    torch.manual_seed(seed)
-    cfg = get_config(
-        "tiny",
-        vocab_size=32,
-        d_model=32,
-        n_layers=2,
-        n_heads=2,
-        n_kv_heads=1,
-        ffn_hidden=64,
-        max_seq_len=64,
-        init_std=0.3,
-    )
-    return ChinwagLM(cfg).eval()
-
-
-@torch.inference_mode()
-def greedy(model, prompt, n):
-    ids = list(prompt)
-    for _ in range(n):
-        ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
-    return ids[len(prompt) :]
+from tests.generate.helpers import CharTok, greedy, tiny
 
 
 @pytest.mark.parametrize("mode", ["topk", "sample"])

@@ -75,3 +75,18 @@ def test_plot_errors_name_file_and_line(tmp_path):
         read_metrics(run)
     r = CliRunner().invoke(app, ["plot", str(run)])
     assert r.exit_code == 1 and "metrics.jsonl:2" in r.output and "Traceback" not in r.output
+
+
+def test_alignment_metrics_get_one_png_per_group(tmp_path):
+    import json
+
+    from chinwag.inspect.plot import plot_run
+
+    run = tmp_path / "rl"
+    run.mkdir()
+    lines = [{"step": i, "loss": 1.0 / (i + 1), "objective/kl": 0.1 * i, "objective/scores": 0.2 * i,
+              "policy/clipfrac": 0.05, "flag": True} for i in range(1, 6)]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    written = {p.name for p in plot_run(run)}
+    assert {"loss.png", "objective.png", "policy.png"} <= written
+    assert (run / "plots" / "objective.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

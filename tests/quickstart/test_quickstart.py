@@ -12,8 +12,19 @@ from chinwag.cli import app
 
 @pytest.mark.slow
 def test_quickstart_runs_end_to_end_and_reruns(tmp_path):
-    args = ["quickstart", "--out", str(tmp_path / "qs"), "--minutes", "3", "--preset", "tiny",
-            "--vocab-size", "2048", "--seq-len", "128"]
+    args = [
+        "quickstart",
+        "--out",
+        str(tmp_path / "qs"),
+        "--minutes",
+        "3",
+        "--preset",
+        "tiny",
+        "--vocab-size",
+        "2048",
+        "--seq-len",
+        "128",
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     assert "perplexity" in r.output and r.output.count("bot>") == 5
@@ -30,11 +41,23 @@ def test_quickstart_refuses_a_budget_with_no_time_to_train(tmp_path, monkeypatch
     import chinwag.data
 
     calls = []
-    monkeypatch.setattr(chinwag.data, "prepare", lambda *a, **k: calls.append(a) or {
-        "read_total": 1, "kept": 1, "filtered_total": 0, "deduplicated_total": 0,
-        "splits": {"train": {"tokens": 1}, "val": {"tokens": 1}}})
+    monkeypatch.setattr(
+        chinwag.data,
+        "prepare",
+        lambda *a, **k: (
+            calls.append(a)
+            or {
+                "read_total": 1,
+                "kept": 1,
+                "filtered_total": 0,
+                "deduplicated_total": 0,
+                "splits": {"train": {"tokens": 1}, "val": {"tokens": 1}},
+            }
+        ),
+    )
     monkeypatch.setattr(chinwag.data, "iter_texts", lambda *a, **k: iter(["hello there", "hi"]))
-    r = CliRunner().invoke(app, ["quickstart", "--out", str(tmp_path / "qs"), "--minutes", "0.5",
-                                 "--vocab-size", "300"])
+    r = CliRunner().invoke(
+        app, ["quickstart", "--out", str(tmp_path / "qs"), "--minutes", "0.5", "--vocab-size", "300"]
+    )
     assert r.exit_code == 1
     assert "leaves no time to train" in r.output

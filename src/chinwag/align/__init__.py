@@ -1,1 +1,1 @@
-"""chinwag.align: reward models, DPO family, PPO and REINFORCE/RLOO/GRPO, composite rewards, constitutional."""
+"""chinwag.align: reward models, DPO family, PPO, REINFORCE/RLOO/GRPO, composite rewards, constitutional."""

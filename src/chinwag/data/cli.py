@@ -77,7 +77,7 @@ def prepare(
     console.print(_report_table(report, out))
     if tokenizer is None:
         console.print(
-            f"Next: train a tokenizer on it: [bold]chinwag tokenizer train --source {out}[/bold], then "
+            f"Next: train a tokenizer on it: [bold]chinwag tokenizer train --data {out}[/bold], then "
             f"re-run with [bold]--tokenizer[/bold] to write token files (or use --tokenizer cl100k_base)."
         )
     else:

@@ -1,4 +1,6 @@
-"""Plot a run's `metrics.jsonl`: loss (train + val), learning rate, throughput and gradient norm PNGs."""
+"""Plot a run's `metrics.jsonl`: loss (train + val), learning rate, throughput and gradient norm PNGs,
+plus one PNG per group of alignment metrics (`objective/kl`, `objective/scores`, `rewards/margins`, ...:
+TRL-style names, grouped by the part before the slash) when the run logged them."""
 
 from __future__ import annotations
 
@@ -81,6 +83,41 @@ def plot_run(run: str | Path, out: str | Path | None = None) -> list[Path]:
             ax.legend()
         fig.tight_layout()
         path = out / f"{name}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+        written.append(path)
+    written += _plot_groups(plt, run, train, out, series)
+    return written
+
+
+def _plot_groups(plt, run: Path, train: list[dict], out: Path, series) -> list[Path]:
+    """One PNG per metric group ("objective", "policy", "rewards", ...), a small panel per metric."""
+    from chinwag.utils import atomic_path
+
+    groups: dict[str, list[str]] = {}
+    for r in train:
+        for k, v in r.items():
+            if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool):
+                keys = groups.setdefault(k.split("/", 1)[0], [])
+                if k not in keys:
+                    keys.append(k)
+    written = []
+    for group, keys in sorted(groups.items()):
+        cols = min(3, len(keys))
+        rows = -(-len(keys) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), dpi=100, squeeze=False)
+        for ax, key in zip(axes.flat, keys, strict=False):
+            xs, ys = series(train, key)
+            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, markersize=3)
+            ax.set_title(key, fontsize=10)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(keys) :]:
+            ax.set_visible(False)
+        fig.suptitle(f"{run.name}: {group}")
+        fig.tight_layout()
+        path = out / f"{group.replace(' ', '_')}.png"
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png")
         plt.close(fig)
