@@ -28,6 +28,8 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/generate.py --presets small --int8 --repeats 3
+	$(BIN)/python benchmarks/serve_load.py --clients 1,8,32 --duration 20
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
