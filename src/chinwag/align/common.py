@@ -206,15 +206,9 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
 
 
 def hidden_states(model, ids: torch.Tensor, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits [B, T, V], final normed hidden states [B, T, d]) from one forward: a hook on the final norm
-    reads the hidden states without duplicating the model's forward code."""
-    box = {}
-    h = model.model.norm.register_forward_hook(lambda mod, inp, out: box.__setitem__("h", out))
-    try:
-        logits, _ = model(ids, attention_mask=attention_mask)
-    finally:
-        h.remove()
-    return logits, box["h"]
+    """(logits [B, T, V], final normed hidden states [B, T, d]) from one pass of the model."""
+    h = model.hidden(ids, attention_mask)
+    return model.lm_head(h), h
 
 
 def freeze(model):

@@ -140,7 +140,7 @@ def policy_and_values(policy, critic: ValueModel, ids, attn):
         logits, h = hidden_states(policy, ids, attn)
         return logits, critic.values(h)
     logits, _ = policy(ids, attention_mask=attn)
-    _, h = hidden_states(critic.backbone, ids, attn)
+    h = critic.backbone.hidden(ids, attn)  # the critic needs no logits
     return logits, critic.values(h)
 
 

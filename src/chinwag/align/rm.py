@@ -49,20 +49,8 @@ class PreferenceFileError(ValueError):
 
 
 def hidden_states(lm: ChinwagLM, ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-    """ChinwagLM.forward up to the final norm: [B, T] -> [B, T, d]. Same modules, same ops, no lm_head."""
-    cfg = lm.config
-    B, T = ids.shape
-    mask, positions = lm._mask_and_positions(B, T, ids.device, attention_mask, None, 0)
-    x = lm.model.embed_tokens(ids)
-    rope = None
-    if cfg.position == "learned":
-        x = x + lm.model.embed_positions(positions)
-    else:
-        rope = lm.model.rotary_emb(positions, x.dtype)
-    x = lm.drop(x)
-    for layer in lm.model.layers:
-        x = layer(x, rope, mask)
-    return lm.model.norm(x)
+    """The backbone's final normed hidden states [B, T, d] (no lm_head: a large vocab costs nothing here)."""
+    return lm.hidden(ids, attention_mask)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -333,8 +333,10 @@ class ChinwagLM(nn.Module):
         mask = mask | (k_idx == q_idx)[None]
         return mask[:, None], positions  # [B or 1, 1, T, total]
 
-    def forward(self, ids, targets=None, attention_mask=None, kv_cache=None, start_pos: int = 0):
-        """ids [B, T] -> (logits [B, T, V], loss or None). targets use -100 for positions without loss."""
+    def hidden(self, ids, attention_mask=None, kv_cache=None, start_pos: int = 0) -> torch.Tensor:
+        """ids [B, T] -> the final normed hidden states [B, T, d]: everything but the lm_head.
+
+        Reward models and value heads read these directly instead of re-implementing the forward."""
         cfg = self.config
         B, T = ids.shape
         if start_pos + T > cfg.max_seq_len and cfg.position == "learned":
@@ -355,8 +357,11 @@ class ChinwagLM(nn.Module):
                 x = checkpoint(layer, x, rope, mask, use_reentrant=False)
             else:
                 x = layer(x, rope, mask, kv_cache, start_pos)
-        x = self.model.norm(x)
-        logits = self.lm_head(x)
+        return self.model.norm(x)
+
+    def forward(self, ids, targets=None, attention_mask=None, kv_cache=None, start_pos: int = 0):
+        """ids [B, T] -> (logits [B, T, V], loss or None). targets use -100 for positions without loss."""
+        logits = self.lm_head(self.hidden(ids, attention_mask, kv_cache, start_pos))
         loss = None
         if targets is not None:
             # fp32 loss even under bf16 autocast; sum / count so an all-ignored batch gives 0, not NaN
