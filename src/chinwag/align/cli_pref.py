@@ -49,27 +49,13 @@ def _load_run(path: Path, what: str):
 
 
 def _read_prompts(path: Path) -> list[str]:
-    """Prompts from .txt (one per line) or .jsonl ({"prompt": ...} per line)."""
-    import json
+    """Prompts from .txt (one per line) or .jsonl ({"prompt": ...} per line); the reader RL uses too."""
+    from chinwag.align.cli_rl import read_prompts
 
-    if not path.is_file():
-        _fail(f"{path}: file not found")
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                _fail(f"{path}:{n}: invalid JSON ({e.msg})")
-            if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
-                _fail(f"{path}:{n}: field 'prompt' must be a string")
-            out.append(rec["prompt"])
-        else:
-            out.append(line.strip())
-    if not out:
-        _fail(f"{path}: no prompts")
+    out = read_prompts(path)
+    for n, p in enumerate(out, 1):
+        if not isinstance(p, str):
+            _fail(f"{path}: prompt {n} is a 'messages' list; this command takes plain 'prompt' strings")
     return out
 
 

@@ -24,7 +24,7 @@ def _fail(msg: str) -> None:
     raise typer.Exit(1)
 
 
-def _read_prompts(path: Path) -> list:
+def read_prompts(path: Path) -> list:
     """Prompts from .jsonl ({"prompt": str} or {"messages": [...]} per line) or .txt (one per line)."""
     if not path.is_file():
         _fail(f"{path}: file not found")
@@ -102,7 +102,7 @@ def _train(
         tok = Tokenizer.from_spec(policy_dir)
     except (ModelFileError, TokenizerFileError, ValueError, FileNotFoundError) as e:
         _fail(f"--policy {policy_dir}: {e}")
-    prompts = _read_prompts(prompts_file)
+    prompts = read_prompts(prompts_file)
     ref = clone_frozen(policy)
     reward = _load_reward(reward_spec, ref, tok)
     out.mkdir(parents=True, exist_ok=True)
