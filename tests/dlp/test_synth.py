@@ -1,0 +1,171 @@
+"""The synthetic DLP corpus: determinism, gold spans by construction, coverage, hard negatives, splits."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from chinwag.dlp import synth
+from chinwag.dlp.dsl import Document
+from chinwag.dlp.labels import (
+    LABELS,
+    MATTER_ID_RE,
+    is_doc_email,
+    is_placeholder_secret,
+    is_public_test_card,
+    luhn_ok,
+    ssn_ok,
+)
+from chinwag.dlp.policy import DECISIONS, document_labels
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return synth.generate(500, seed=1, split="train")
+
+
+def _plain(s: str) -> str:
+    return "".join(c for c in s if c.isdigit())
+
+
+def test_same_seed_same_output_and_prefix_stable():
+    a = [synth.example_record(e) for e in synth.generate(200, seed=7, split="val")]
+    b = [synth.example_record(e) for e in synth.generate(200, seed=7, split="val")]
+    assert a == b
+    assert [synth.example_record(e) for e in synth.generate(50, seed=7, split="val")] == a[:50]
+    c = [synth.example_record(e) for e in synth.generate(200, seed=8, split="val")]
+    assert a != c
+
+
+def test_every_span_matches_its_field(corpus):
+    for ex in corpus:
+        for sp in ex.spans:
+            text = ex.doc.span_text(sp)
+            assert text and sp.end <= len(ex.doc.field_text(sp.field))
+        assert ex.obfuscated <= set(ex.spans)
+        assert set(ex.forms) == ex.obfuscated
+
+
+def test_coverage_of_labels_forms_and_negative_kinds(corpus):
+    labels = Counter(sp.label for ex in corpus for sp in ex.spans)
+    forms = Counter(f for ex in corpus for f in ex.forms.values())
+    kinds = Counter(k for ex in corpus for *_, k in ex.hard_negatives)
+    assert set(labels) == set(LABELS)
+    assert set(forms) == set(synth.FORMS)
+    assert set(kinds) == set(synth.NEG_KINDS)
+    channels = Counter(ex.doc.channel for ex in corpus)
+    assert set(channels) == {"email", "chat", "pr", "upload"}
+
+
+def test_plain_values_are_valid(corpus):
+    n_pan = n_ssn = 0
+    for ex in corpus:
+        for sp in ex.spans:
+            if sp in ex.obfuscated:
+                continue
+            text = ex.doc.span_text(sp)
+            if sp.label == "PAN":
+                n_pan += 1
+                assert luhn_ok(text) and not is_public_test_card(text), text
+            elif sp.label == "SSN":
+                n_ssn += 1
+                assert ssn_ok(text), text
+            elif sp.label == "MATTER_ID":
+                assert MATTER_ID_RE.fullmatch(text)
+            elif sp.label == "EMAIL":
+                assert "@" in text and not is_doc_email(text), text
+            elif sp.label == "DB_URI":
+                m = re.match(r"\w+://[^:/@]*:([^@]+)@", text)
+                assert m and not is_placeholder_secret(m.group(1)), text
+            elif sp.label == "SECRET_KEY":
+                assert not is_placeholder_secret(text), text
+    assert n_pan > 10 and n_ssn > 10
+
+
+def test_obfuscated_spaced_digits_still_luhn_and_ssn(corpus):
+    for ex in corpus:
+        for sp, form in ex.forms.items():
+            if form == "spaced_digits" and sp.label == "PAN":
+                assert luhn_ok(_plain(ex.doc.span_text(sp)))
+            if form == "spaced_digits" and sp.label == "SSN":
+                d = _plain(ex.doc.span_text(sp))
+                assert ssn_ok(f"{d[:3]}-{d[3:5]}-{d[5:]}")
+
+
+def test_hard_negatives_are_outside_spans_and_not_sensitive(corpus):
+    checked = Counter()
+    for ex in corpus:
+        for field, start, end, kind in ex.hard_negatives:
+            text = ex.doc.field_text(field)[start:end]
+            assert text
+            for sp in ex.spans:  # no overlap with any gold span
+                assert sp.field != field or end <= sp.start or sp.end <= start
+            assert not ssn_ok(text), (kind, text)
+            # A digit string that passes Luhn reads as a card unless it is a test card or an ISBN-13
+            # (978/979 is the book prefix, never a card issuer's).
+            if kind not in ("test_card", "isbn") and re.fullmatch(r"[\d \-]+", text):
+                assert not luhn_ok(text), (kind, text)
+            if kind == "test_card":
+                assert is_public_test_card(text)
+            elif kind == "doc_email":
+                assert is_doc_email(text)
+            elif kind in ("aws_doc_key", "placeholder"):
+                assert is_placeholder_secret(text)
+            elif kind == "uri_placeholder_password":
+                pw = re.match(r"\w+://[^:/@]*:([^@]+)@", text).group(1)
+                assert is_placeholder_secret(pw), text
+            elif kind == "uri_no_password":
+                assert not re.match(r"\w+://[^/@]*:[^/@]*@", text), text
+            elif kind == "isbn":
+                assert _plain(text)[:3] in ("978", "979") or len(_plain(text)) < 12
+            elif kind == "masked_card":
+                assert len(_plain(text)) == 4
+            checked[kind] += 1
+    assert len(checked) == len(synth.NEG_KINDS)
+
+
+def test_split_templates_are_disjoint_and_used():
+    sets = {s: set(synth.SPLIT_TEMPLATES[s]) for s in synth.SPLITS}
+    assert (
+        not sets["train"] & sets["val"]
+        and not sets["train"] & sets["test"]
+        and not sets["val"] & sets["test"]
+    )
+    for split in synth.SPLITS:
+        exs = synth.generate(150, seed=0, split=split)
+        assert {e.template for e in exs} == sets[split]
+        assert {e.doc.channel for e in exs} == {"email", "chat", "pr", "upload"}
+    train_ids = {e.doc.body for e in synth.generate(50, seed=0, split="train")}
+    assert not train_ids & {e.doc.body for e in synth.generate(50, seed=0, split="test")}
+
+
+def test_policy_covers_every_decision_and_head(corpus):
+    labs = [document_labels(ex.doc, ex.spans, ex.obfuscated) for ex in corpus]
+    assert Counter(lab.decision for lab in labs).keys() == set(DECISIONS)
+    assert {lab.level for lab in labs} == {0, 1, 2}
+    for attr in ("exposure", "context_consistent", "obfuscation"):
+        assert {getattr(lab, attr) for lab in labs} == {True, False}, attr
+
+
+def test_write_jsonl_roundtrip(tmp_path):
+    exs = synth.generate(20, seed=3, split="test")
+    path = tmp_path / "d.jsonl"
+    synth.write_jsonl(exs, path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 20 and not list(tmp_path.glob(".*.tmp"))
+    for ex, line in zip(exs, lines, strict=True):
+        rec = json.loads(line)
+        doc = Document.from_dict({k: rec[k] for k in Document.__dataclass_fields__ if k in rec})
+        assert doc == ex.doc and rec["id"] == ex.doc.id
+        for s in rec["spans"]:
+            assert s["obfuscated"] == (s["form"] is not None)
+            assert doc.field_text(s["field"])[s["start"] : s["end"]]
+        assert rec["labels"]["decision"] in DECISIONS
+
+
+def test_bad_split_is_rejected():
+    with pytest.raises(ValueError, match="split"):
+        synth.generate(1, split="dev")
