@@ -10,6 +10,7 @@ import typer
 
 from chinwag.align.cli import app as align_app
 from chinwag.data.cli import app as data_app
+from chinwag.dlp.cli import app as dlp_app
 from chinwag.export.cli import app as export_app
 from chinwag.generate.cli import chat, generate_cmd
 from chinwag.inspect.cli import plot
@@ -33,6 +34,7 @@ app.add_typer(model_app, name="model", help="Model presets, sizes and memory est
 app.add_typer(train_app, name="train", help="Pretrain or fine-tune (SFT) a model.")
 app.add_typer(align_app, name="align", help="Align a model: reward model, DPO, PPO, GRPO/RLOO/REINFORCE.")
 app.add_typer(guard_app, name="guard", help="Safety guard: check messages, evaluate, train the classifier.")
+app.add_typer(dlp_app, name="dlp", help="Data-loss prevention: synthetic corpus, tokenizer, scanner.")
 app.add_typer(export_app, name="export", help="Export a run to other ecosystems (Hugging Face).")
 app.command(help="Chat with a trained run (interactive, or one shot with --prompt).")(chat)
 app.command(name="generate", help="Generate for a JSONL file of prompts (batched), JSONL out.")(generate_cmd)
