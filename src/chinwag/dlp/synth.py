@@ -14,6 +14,7 @@ shared by all splits: the model must learn them, and every split must contain al
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import random
 import zlib
@@ -77,6 +78,9 @@ PASTE_SITES = (
 )
 WEBMAIL = ("gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "proton.me")
 ROLES = ("hr", "finance", "legal", "engineering", "support", "sales")
+
+# Faker draws dates up to "now" by default, which makes a seeded corpus change with the clock: pin the end.
+_END = datetime.datetime(2025, 1, 1)
 
 
 @dataclass
@@ -507,7 +511,7 @@ def _email_reply(d: _Doc):
     d.prose(t, items[:half], sep=".\n")
     _signature(d, t, 1)
     other = g.fake.name()
-    t.add(f"\n\nOn {g.fake.date()} at {g.fake.time()[:5]}, {other} <").add(
+    t.add(f"\n\nOn {g.fake.date(end_datetime=_END)} at {g.fake.time(end_datetime=_END)[:5]}, {other} <").add(
         f"{g.fake.user_name()}@{d.org}"
     ).add("> wrote:\n> ")
     d.prose(t, items[half:], sep=".\n> ")
@@ -573,10 +577,10 @@ def _chat_transcript(d: _Doc):
     g = d.g
     t = _Text()
     for v in d.values():
-        t.add(f"[{g.fake.time()[:5]}] {g.fake.first_name().lower()}: ")
+        t.add(f"[{g.fake.time(end_datetime=_END)[:5]}] {g.fake.first_name().lower()}: ")
         d.sentence(t, v)
         t.add("\n")
-    t.add(f"[{g.fake.time()[:5]}] {g.fake.first_name().lower()}: {g.fake.sentence()}\n")
+    t.add(f"[{g.fake.time(end_datetime=_END)[:5]}] {g.fake.first_name().lower()}: {g.fake.sentence()}\n")
     return "", t, []
 
 
@@ -680,7 +684,7 @@ def _up_csv(d: _Doc):
     for i, v in enumerate(d.values()):
         a.add(f'{i + 1},{v[0].lower()},"')
         a.val(v) if len(v) == 3 else a.neg(v)
-        a.add(f'",{g.fake.date()}\n')
+        a.add(f'",{g.fake.date(end_datetime=_END)}\n')
     return "", _Text().add("export attached"), [(g.fake.file_name(extension="csv"), "text/csv", a)]
 
 
@@ -689,10 +693,11 @@ def _up_log(d: _Doc):
     g = d.g
     a = _Text()
     for v in d.values():
-        a.add(f"{g.fake.iso8601()} {g.rng.choice(['INFO', 'WARN', 'DEBUG', 'ERROR'])} [{g.fake.word()}] ")
+        level = g.rng.choice(["INFO", "WARN", "DEBUG", "ERROR"])
+        a.add(f"{g.fake.iso8601(end_datetime=_END)} {level} [{g.fake.word()}] ")
         d.sentence(a, v)
         a.add("\n")
-    a.add(f"{g.fake.iso8601()} INFO done\n")
+    a.add(f"{g.fake.iso8601(end_datetime=_END)} INFO done\n")
     return "", _Text().add("logs from the incident"), [("app.log", "text/plain", a)]
 
 
