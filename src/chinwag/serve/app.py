@@ -375,6 +375,19 @@ class Generation:
             self.srv.runner.abort(list(pending))
             self.srv.metrics.tokens(self.prompt_tokens, sum(self.completion_tokens))
 
+    async def collect(self, request: Request) -> tuple[list[str], list[list], list[str]] | None:
+        """Run every choice to the end (non-streaming): (texts, logprobs, finish reasons), or None when the
+        client went away before all choices finished."""
+        k = len(self.rids)
+        texts, lps, reasons = [""] * k, [[] for _ in range(k)], [None] * k
+        async for i, d, reason in self.events(request):
+            if d is not None:
+                texts[i] += d.text
+                lps[i] += d.logprobs or []
+            if reason is not None:
+                reasons[i] = reason
+        return None if any(r is None for r in reasons) else (texts, lps, reasons)
+
     async def _watch(self, request: Request) -> None:
         try:
             while True:
@@ -697,15 +710,10 @@ async def _chat(srv: Server, body: ChatCompletionRequest, request: Request):
     gen.prompt_tokens = len(ids)  # n choices share one prompt: OpenAI counts it once
 
     if not body.stream:
-        texts, lps, reasons = [""] * n, [[] for _ in range(n)], [None] * n
-        async for i, d, reason in gen.events(request):
-            if d is not None:
-                texts[i] += d.text
-                lps[i] += d.logprobs or []
-            if reason is not None:
-                reasons[i] = reason
-        if any(r is None for r in reasons):  # the client went away: nobody reads this
+        done = await gen.collect(request)
+        if done is None:  # the client went away: nobody reads this
             return Response(status_code=499)
+        texts, lps, reasons = done
         usage = gen.usage(len(ids))
         conv = _record(
             srv,
@@ -814,15 +822,10 @@ async def _complete(srv: Server, body: CompletionRequest, request: Request):
         }
 
     if not body.stream:
-        texts, lps, reasons = [""] * k, [[] for _ in range(k)], [None] * k
-        async for i, d, reason in gen.events(request):
-            if d is not None:
-                texts[i] += d.text
-                lps[i] += d.logprobs or []
-            if reason is not None:
-                reasons[i] = reason
-        if any(r is None for r in reasons):
+        done = await gen.collect(request)
+        if done is None:
             return Response(status_code=499)
+        texts, lps, reasons = done
         choices = []
         for i in range(k):
             head = prompts[i // n] if body.echo else ""
