@@ -342,6 +342,17 @@ def write_metrics_line(path, rec: dict) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
+def record_step(rec: dict, components: dict, history: list, metrics_path=None, log=None) -> None:
+    """Finish one RL iteration's metrics: add each reward component's mean, keep, write and report it."""
+    for name, vals in components.items():
+        rec[f"rewards/{name}/mean"] = sum(vals) / max(1, len(vals))
+    history.append(rec)
+    if metrics_path is not None:
+        write_metrics_line(metrics_path, rec)
+    if log is not None:
+        log(rec["step"], rec)
+
+
 def warmup_scheduler(opt, warmup_steps: int):
     """Linear lr warmup over the first optimizer steps, then constant. Adam's first updates are
     sign-sized on every weight; on a sharp SFT model one full-lr step can move the KL by nats."""

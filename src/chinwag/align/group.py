@@ -36,8 +36,8 @@ from chinwag.align.common import (
     kl_estimate,
     logits_logprobs,
     masked_mean,
+    record_step,
     warmup_scheduler,
-    write_metrics_line,
 )
 from chinwag.align.rewards import as_reward
 
@@ -221,13 +221,7 @@ def group_train(policy, ref, tok, prompts: list, reward_fn, cfg: GroupConfig, lo
             **stats,
             "seconds": round(time.perf_counter() - t0, 2),
         }
-        for name, vals in batch.components.items():
-            rec[f"rewards/{name}/mean"] = sum(vals) / max(1, len(vals))
-        history.append(rec)
-        if metrics_path is not None:
-            write_metrics_line(metrics_path, rec)
-        if log is not None:
-            log(step, rec)
+        record_step(rec, batch.components, history, metrics_path, log)
     return {"history": history, "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
 
 

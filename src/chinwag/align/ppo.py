@@ -44,8 +44,8 @@ from chinwag.align.common import (
     logits_logprobs,
     masked_mean,
     masked_whiten,
+    record_step,
     warmup_scheduler,
-    write_metrics_line,
 )
 from chinwag.align.rewards import as_reward
 
@@ -269,13 +269,7 @@ def ppo_train(
             **stats,
             "seconds": round(time.perf_counter() - t0, 2),
         }
-        for name, vals in batch.components.items():
-            rec[f"rewards/{name}/mean"] = sum(vals) / max(1, len(vals))
-        history.append(rec)
-        if metrics_path is not None:
-            write_metrics_line(metrics_path, rec)
-        if log is not None:
-            log(step, rec)
+        record_step(rec, batch.components, history, metrics_path, log)
     return {"history": history, "critic": critic, "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
 
 
