@@ -55,6 +55,26 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
 
 
+def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError):
+    """Yield (where, record) for each non-blank line of a JSONL file, `where` being "path:line".
+
+    Unreadable files and bad JSON raise `error` with a message naming the file (and line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{path}: cannot read ({e})") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{n}", json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{path}:{n}: invalid JSON ({e.msg})") from None
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (if imported) so a command with --seed is reproducible."""
     random.seed(seed)

@@ -277,23 +277,9 @@ def parse_preference(rec, where: str = "<record>") -> tuple[object, str, str, fl
 
 def read_preference_records(path: str | os.PathLike) -> list[tuple]:
     """Parse a preference JSONL file (blank lines skipped) -> [(prompt, chosen, rejected, margin)]."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PreferenceFileError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise PreferenceFileError(f"{path}: cannot read ({e})") from None
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PreferenceFileError(f"{where}: invalid JSON ({e.msg})") from None
-        out.append(parse_preference(rec, where))
+    from chinwag.utils import iter_jsonl
+
+    out = [parse_preference(rec, where) for where, rec in iter_jsonl(path, PreferenceFileError)]
     if not out:
         raise PreferenceFileError(f"{path}: no preference pairs")
     return out
