@@ -1,6 +1,6 @@
-"""The blind held-out set (data/test_blind.jsonl): written without looking at the guard's rules, training
-templates or the old held-out set, so it is a fair test. These checks keep its size and mix honest
-(issue 7)."""
+"""The blind held-out sets (data/test_blind.jsonl, data/test_blind2.jsonl): each written by an author who saw
+neither the guard's rules, its training templates and hand-written training files, nor the other sets, so
+they are fair tests. These checks keep their size and mix honest, and keep them out of training (issue 7)."""
 
 import json
 import re
@@ -8,24 +8,35 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from chinwag.safety.policy import CATEGORIES
 
-SET = Path(__file__).resolve().parents[2] / "src" / "chinwag" / "safety" / "data" / "test_blind.jsonl"
+DATA = Path(__file__).resolve().parents[2] / "src" / "chinwag" / "safety" / "data"
+SETS = [DATA / "test_blind.jsonl", DATA / "test_blind2.jsonl"]
 VARIANTS = {"leet", "homoglyph", "fullwidth", "spaced", "dotted", "zero-width", "mixed"}
 ZERO_WIDTH = ("\u200b", "\u200c", "\u200d", "\u2060")
 
 
-@pytest.fixture(scope="module")
-def records() -> list[dict]:
+def _read(path: Path) -> list[dict]:
     out = []
-    with open(SET, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
-            assert line.strip(), f"{SET.name}:{n}: blank line"
+            assert line.strip(), f"{path.name}:{n}: blank line"
             rec = json.loads(line)
-            assert isinstance(rec, dict), f"{SET.name}:{n}: not an object"
+            assert isinstance(rec, dict), f"{path.name}:{n}: not an object"
             out.append(rec)
     return out
+
+
+@pytest.fixture(scope="module", params=SETS, ids=[p.stem for p in SETS])
+def blind(request) -> tuple[Path, list[dict]]:
+    return request.param, _read(request.param)
+
+
+@pytest.fixture(scope="module")
+def records(blind) -> list[dict]:
+    return blind[1]
 
 
 def test_every_record_parses_in_the_eval_format(records):
@@ -53,10 +64,41 @@ def test_every_record_parses_in_the_eval_format(records):
             assert r["resembles"] in CATEGORIES, r["id"]
 
 
-def test_the_evaluator_cli_loader_accepts_the_set():
+def test_the_evaluator_cli_loader_accepts_the_set(blind):
     from chinwag.safety.cli import _iter_jsonl
 
-    assert sum(1 for _ in _iter_jsonl(SET, need_label=True)) >= 500
+    assert sum(1 for _ in _iter_jsonl(blind[0], need_label=True)) >= 500
+
+
+def test_no_blind_message_is_in_the_training_data():
+    """Neither blind set may leak into what the classifier trains on (templates + hand-written files, after
+    decontamination; chit-chat negatives come from a disjoint half of chitchat-dataset)."""
+    from chinwag.safety.train import build_training_set
+    from chinwag.safety.written import WINDOW_SEP, normalize
+
+    data = build_training_set(seed=0, chitchat=0, written_repeat=1)
+    train = {normalize(p) for t, _ in data for p in t.split(WINDOW_SEP)}
+    for path in SETS:
+        texts = set()
+        for r in _read(path):
+            for t in (
+                [r["text"]] if "text" in r else [x["content"] for x in r["turns"] if x["role"] == "user"]
+            ):
+                texts.add(normalize(t))
+        leaked = (texts - {""}) & train
+        assert not leaked, (path.name, sorted(leaked)[:5])
+
+
+def test_decontamination_drops_what_the_eval_sets_contain(tmp_path):
+    from chinwag.safety.written import load_written
+
+    blind = _read(SETS[1])
+    msg = next(r["text"] for r in blind if r.get("kind") == "plain" and r["label"] != "allow")
+    (tmp_path / "w.yaml").write_text(
+        yaml.safe_dump({"harmful": {"violence": [msg.upper() + "!!", "a message nobody wrote before 123"]}})
+    )
+    assert len(load_written(tmp_path, decontaminate=False)) == 2
+    assert [t for t, _, _ in load_written(tmp_path)] == ["a message nobody wrote before 123"]
 
 
 def test_size_and_mix_per_category(records):
@@ -99,6 +141,6 @@ def test_obfuscated_records_really_are_obfuscated(records):
                 "id"
             ]
         elif v == "spaced":
-            assert re.search(r"(?:\b\S (?=\S\b)){3,}", text), r["id"]  # >= 4 single letters in a row
+            assert re.search(r"(?:\b\S (?=\S\b)){2,}", text), r["id"]  # >= 3 single letters in a row
         elif v == "dotted":
-            assert any(w.count(".") >= 3 for w in text.split()), r["id"]
+            assert re.search(r"\b(?:\w[.\-*_]){2,}\w", text), r["id"]  # g.u.n, b.o.m.b

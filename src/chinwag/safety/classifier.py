@@ -56,24 +56,41 @@ def featurize(text: str, n_buckets: int = N_BUCKETS) -> Features:
 
 
 class Classifier:
-    def __init__(self, W: np.ndarray, b: np.ndarray, meta: dict | None = None):
+    """Linear: logits = b + sum_i val_i W[idx_i]. With a hidden layer (W2, b2 given): W is an embedding
+    table, h = relu(b + sum_i val_i W[idx_i]) and logits = b2 + h @ W2, which lets n-grams interact
+    ("kill" + "my neighbour" vs "kill" + "the process") instead of only adding up."""
+
+    def __init__(self, W: np.ndarray, b: np.ndarray, meta: dict | None = None,
+                 W2: np.ndarray | None = None, b2: np.ndarray | None = None):  # fmt: skip
         self.W = W.astype(np.float32)
         self.b = b.astype(np.float32)
+        self.W2 = None if W2 is None else W2.astype(np.float32)
+        self.b2 = None if b2 is None else b2.astype(np.float32)
         self.n_buckets = W.shape[0]
         self.meta = meta or {}
 
+    def _hidden(self, f: Features) -> np.ndarray:
+        return self.b + (self.W[f.idx] * f.val[:, None]).sum(0) if len(f.idx) else self.b.copy()
+
     def probs(self, text: str) -> tuple[np.ndarray, Features]:
         f = featurize(text, self.n_buckets)
-        logits = self.b + (self.W[f.idx] * f.val[:, None]).sum(0) if len(f.idx) else self.b.copy()
+        logits = self._hidden(f)
+        if self.W2 is not None:
+            logits = self.b2 + np.maximum(logits, 0) @ self.W2
         e = np.exp(logits - logits.max())
         return e / e.sum(), f
 
     def top_span(self, f: Features, label_index: int) -> tuple[int, int] | None:
-        """The word n-gram that pushed hardest towards `label_index` (for evidence)."""
+        """The word n-gram that pushed hardest towards `label_index` (for evidence); for the hidden-layer
+        model, each n-gram's contribution through the units that are active for this text."""
         n = len(f.word_spans)
         if n == 0:
             return None
-        contrib = self.W[f.idx[:n], label_index] * f.val[:n]
+        if self.W2 is None:
+            contrib = self.W[f.idx[:n], label_index] * f.val[:n]
+        else:
+            active = self._hidden(f) > 0
+            contrib = (self.W[f.idx[:n]] * active) @ self.W2[:, label_index] * f.val[:n]
         return f.word_spans[int(np.argmax(contrib))]
 
     def save(self, path: str | Path, meta: dict | None = None) -> None:
@@ -83,7 +100,10 @@ class Classifier:
 
         md = {k: str(v) for k, v in {**self.meta, **(meta or {})}.items()}
         md["labels"] = ",".join(LABELS)
-        blob = save({"W": self.W.astype(np.float16), "b": self.b}, metadata=md)
+        tensors = {"W": self.W.astype(np.float16), "b": self.b}
+        if self.W2 is not None:
+            tensors |= {"W2": self.W2, "b2": self.b2}
+        blob = save(tensors, metadata=md)
         atomic_write_bytes(path, blob)
 
     @classmethod
@@ -96,9 +116,12 @@ class Classifier:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
             W, b = f.get_tensor("W"), f.get_tensor("b")
-        if meta.get("labels") != ",".join(LABELS) or W.shape[1] != len(LABELS):
+            W2 = f.get_tensor("W2") if "W2" in f.keys() else None
+            b2 = f.get_tensor("b2") if "b2" in f.keys() else None
+        n_out = (W if W2 is None else W2).shape[1]
+        if meta.get("labels") != ",".join(LABELS) or n_out != len(LABELS):
             raise ValueError(f"{path}: labels {meta.get('labels')!r} do not match this guard's {LABELS}")
-        return cls(W, b, meta)
+        return cls(W, b, meta, W2, b2)
 
 
 def train(
@@ -108,8 +131,10 @@ def train(
     n_buckets: int = N_BUCKETS,
     lr: float = 0.05,
     progress: bool = False,
+    hidden: int = 0,
 ) -> Classifier:
-    """Fit the classifier on (sanitized text, label) pairs. Deterministic for a given seed."""
+    """Fit the classifier on (sanitized text, label) pairs. Deterministic for a given seed.
+    `hidden` > 0 adds a ReLU layer of that width (see Classifier)."""
     import torch
 
     from chinwag.utils import seed_everything
@@ -118,14 +143,25 @@ def train(
     label_ix = {lab: i for i, lab in enumerate(LABELS)}
     feats = [featurize(t, n_buckets) for t, _ in examples]
     y = torch.tensor([label_ix[lab] for _, lab in examples])
-    # class-balanced loss: every category counts as much as "allow", however many examples it has
+    # balanced loss in two levels: "allow" weighs as much as all the harm categories together, and the
+    # categories share the other half equally. (Balancing all 13 classes equally made the prior P(allow)
+    # 1/13, so a bare "ok" scored P(harmful) = 0.9.)
     counts = torch.bincount(y, minlength=len(LABELS)).float().clamp(min=1)
-    class_w = (counts.sum() / counts) / len(LABELS)
+    share = torch.full((len(LABELS),), 0.5 / (len(LABELS) - 1))
+    share[0] = 0.5
+    class_w = share * counts.sum() / counts
 
-    emb = torch.nn.EmbeddingBag(n_buckets, len(LABELS), mode="sum")
-    torch.nn.init.zeros_(emb.weight)
-    bias = torch.nn.Parameter(torch.zeros(len(LABELS)))
-    opt = torch.optim.Adam([emb.weight, bias], lr=lr)
+    width = hidden or len(LABELS)
+    emb = torch.nn.EmbeddingBag(n_buckets, width, mode="sum")
+    bias = torch.nn.Parameter(torch.zeros(width))
+    params = [emb.weight, bias]
+    if hidden:
+        torch.nn.init.normal_(emb.weight, std=0.1)
+        head = torch.nn.Linear(hidden, len(LABELS))
+        params += list(head.parameters())
+    else:
+        torch.nn.init.zeros_(emb.weight)
+    opt = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
     batch = 256
     steps = range(epochs)
@@ -141,6 +177,8 @@ def train(
             val = torch.from_numpy(np.concatenate([feats[i].val for i in ids]))
             offsets = torch.tensor([0] + [len(feats[i].idx) for i in ids[:-1]]).cumsum(0)
             logits = emb(idx, offsets, per_sample_weights=val) + bias
+            if hidden:
+                logits = head(torch.relu(logits))
             loss = torch.nn.functional.cross_entropy(logits, y[ids], weight=class_w)
             # light L2 on the rows touched, so rare n-grams can't dominate
             loss = loss + 1e-4 * emb.weight[idx.unique()].pow(2).sum()
@@ -148,6 +186,8 @@ def train(
             loss.backward()
             opt.step()
     W = emb.weight.detach().numpy().copy()
-    return Classifier(
-        W, bias.detach().numpy().copy(), {"seed": seed, "n_train": len(examples), "epochs": epochs}
-    )
+    meta = {"seed": seed, "n_train": len(examples), "epochs": epochs, "hidden": hidden}
+    if not hidden:
+        return Classifier(W, bias.detach().numpy().copy(), meta)
+    W2 = head.weight.detach().numpy().T.copy()  # [hidden, labels]
+    return Classifier(W, bias.detach().numpy().copy(), meta, W2, head.bias.detach().numpy().copy())

@@ -13,6 +13,7 @@ mon.finish()
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +64,24 @@ class Verdict:
         return d
 
 
+_MARKER = re.compile(r"<\|[A-Za-z0-9_.:=\- ]{1,40}\|>")
+
+
+def blank_markers(text: str) -> str:
+    """Chat-template markers a model emits (`<|assistant|>`) are formatting, not content: blank them on the
+    output side (same length, so evidence spans stay valid). Input keeps them: a user who types
+    `<|system|>` is attempting an injection."""
+    return _MARKER.sub(lambda m: " " * len(m.group()), text)
+
+
+def harm_scale(p: float, at: float, warn: float) -> float:
+    """Map P(harmful) onto the policy's score scale, piecewise linearly, so that `at` lands on the warn
+    threshold. The class-balanced classifier puts most of its mass on harm for anything that looks
+    harmful, so its operating point (chosen on out-of-fold data, see docs/safety.md) sits far above 0.5."""
+    at = min(max(at, 1e-6), 1 - 1e-6)
+    return warn * p / at if p < at else warn + (1 - warn) * (p - at) / (1 - at)
+
+
 def _max_action(a: str, b: str) -> str:
     return a if ACTIONS.index(a) >= ACTIONS.index(b) else b
 
@@ -100,8 +119,15 @@ class Guard:
         if self.classifier is not None and san.text:
             probs, feats = self.classifier.probs(san.text)
             dampen = self.policy.classifier["allow_dampen"]
+            top = 1 + int(np.argmax(probs[1:]))
             for i, cat in enumerate(LABELS[1:], start=1):
-                p = float(probs[i]) * (dampen if cat in allowed else 1.0)
+                p = float(probs[i])
+                if i == top and self.policy.classifier["score"] == "harm":
+                    # P(harmful) = 1 - P(allow), credited to the likeliest category: a request that
+                    # reads as both violence and weapons is still clearly harmful
+                    p = harm_scale(1.0 - float(probs[0]), self.policy.classifier["harm_threshold"],
+                                   self.policy.thresholds["warn"])  # fmt: skip
+                p *= dampen if cat in allowed else 1.0
                 if p > scores[cat]:
                     if p >= self.policy.thresholds["warn"]:
                         span = self.classifier.top_span(feats, i) or (0, len(san.text))
@@ -142,7 +168,7 @@ class Guard:
 
     def check_output(self, text: str) -> Verdict:
         """Judge a complete model output (no conversation state)."""
-        scores, ev, _ = self.score(text)
+        scores, ev, _ = self.score(blank_markers(text))
         return self.verdict(scores, ev, refuse_at=self.policy.output["refuse"])
 
     def session(self) -> GuardSession:
@@ -271,7 +297,7 @@ class StreamMonitor:
         self.checked_upto = len(self.text)
         start = max(0, len(self.text) - int(self.out["window_chars"]))
         window = self.text[start:]
-        scores, ev, _ = self.guard.score(window)
+        scores, ev, _ = self.guard.score(blank_markers(window))
         for e in ev:  # spans relative to the whole reply
             e.span = (e.span[0] + start, e.span[1] + start)
         v = self.guard.verdict(scores, ev, refuse_at=self.out["refuse"])

@@ -83,7 +83,8 @@ DEFAULTS = {
     "output": {"refuse": 0.6, "check_every": 32, "window_chars": 600},
     "conversation": {"decay": 0.7, "warn": 0.9, "refuse": 1.5, "terminate": 2.6, "max_refusals": 3,
                      "window_turns": 3, "context_weight": 0.9, "floor": 0.2},
-    "classifier": {"weights": "builtin", "allow_dampen": 0.5, "enabled": True},
+    "classifier": {"weights": "builtin", "allow_dampen": 0.5, "enabled": True, "score": "harm",
+                   "harm_threshold": 0.71},
 }  # fmt: skip
 TOP_FIELDS = {"version", "macros", "thresholds", "output", "conversation", "classifier", "refusals",
               "categories", "global_allow"}  # fmt: skip
@@ -102,6 +103,8 @@ def _numbers(raw: dict, key: str, path: str) -> dict:
         if k not in out:
             raise _err(path, f"{key}.{k}", f"unknown field (expected one of {', '.join(out)})")
         if isinstance(out[k], bool) or isinstance(out[k], str):
+            if k == "score" and v not in ("harm", "category"):
+                raise _err(path, f"{key}.{k}", f"must be 'harm' or 'category', got {v!r}")
             out[k] = v
             continue
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
