@@ -60,7 +60,8 @@ def test_short_ordinary_messages_are_not_near_the_threshold():
     """The two-level balance keeps P(allow) as the prior: a bare "ok" must not read as harmful."""
     g = Guard.load()
     for t in ("ok", "hello", "a", "thanks!", "what time is it"):
-        assert g.check(t).score < 0.3, t
+        v = g.check(t)
+        assert v.label == "allow" and v.score < 0.4, (t, v.score)  # warn is at 0.45
 
 
 def _default_with(**classifier) -> dict:
