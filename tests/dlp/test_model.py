@@ -168,3 +168,35 @@ def test_tiny_overfit_drives_bio_and_doc_loss_down():
         loss.backward()
         opt.step()
     assert loss_fn().item() < 0.5 * first
+
+
+def test_mask_positions_replace_the_input_embedding():
+    m = tiny()
+    a, b = ids(1, 16, seed=1), ids(1, 16, seed=2)
+    every = torch.ones(1, 16, dtype=torch.bool)
+    # with every position masked, the input ids no longer matter
+    assert torch.equal(m(a, mask_positions=every).bio_logits, m(b, mask_positions=every).bio_logits)
+    some = torch.zeros(1, 16, dtype=torch.bool)
+    some[0, 3] = True
+    assert not torch.equal(m(a, mask_positions=some).bio_logits, m(a).bio_logits)
+    none = torch.zeros(1, 16, dtype=torch.bool)
+    assert torch.equal(m(a, mask_positions=none).bio_logits, m(a).bio_logits)
+
+
+def test_aux_heads_shapes_and_tied_denoise_head():
+    m = tiny()
+    out = m(ids(2, 24), segment_len=16)
+    assert out.hidden.shape == (2, 24, m.config.d) and out.shuffle_logits.shape == (2,)
+    logits = m.denoise_logits(out.hidden[:, :5])
+    assert logits.shape == (2, 5, m.config.vocab_size)
+    m.zero_grad()
+    logits.sum().backward()
+    assert m.embed.weight.grad.abs().sum() > 0  # the head is the embedding matrix itself
+    assert not any("denoise" in n and p.dim() == 2 for n, p in m.named_parameters())  # no vocab-sized weight
+
+
+def test_new_presets_are_valid_and_ordered_by_size():
+    sizes = [
+        meta_param_count(get_dlp_config(n, vocab_size=8000)) for n in ("dlp-small", "dlp-medium", "dlp-base")
+    ]
+    assert sizes == sorted(sizes) and sizes[0] > 1e6

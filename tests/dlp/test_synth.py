@@ -1,4 +1,5 @@
-"""The synthetic DLP corpus: determinism, gold spans by construction, coverage, hard negatives, splits."""
+"""The synthetic DLP corpus: determinism, gold spans by construction, coverage, hard negatives, splits,
+realistic lengths and prose, and the difficulty knob."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections import Counter
 import pytest
 
 from chinwag.dlp import synth
-from chinwag.dlp.dsl import Document
+from chinwag.dlp.dsl import Document, is_content_field, serialize
 from chinwag.dlp.labels import (
     LABELS,
     MATTER_ID_RE,
@@ -138,8 +139,8 @@ def test_split_templates_are_disjoint_and_used():
         exs = synth.generate(150, seed=0, split=split)
         assert {e.template for e in exs} == sets[split]
         assert {e.doc.channel for e in exs} == {"email", "chat", "pr", "upload"}
-    train_ids = {e.doc.body for e in synth.generate(50, seed=0, split="train")}
-    assert not train_ids & {e.doc.body for e in synth.generate(50, seed=0, split="test")}
+    train_docs = {serialize(e.doc).text for e in synth.generate(50, seed=0, split="train")}
+    assert not train_docs & {serialize(e.doc).text for e in synth.generate(50, seed=0, split="test")}
 
 
 def test_policy_covers_every_decision_and_head(corpus):
@@ -176,3 +177,134 @@ def test_corpus_does_not_depend_on_the_clock():
     a = [e.doc.to_dict() for e in synth.generate(300, 0, "train")]
     b = [e.doc.to_dict() for e in synth.generate(300, 0, "train")]
     assert a == b
+
+
+# ----------------------------------------------------------------------------- realism
+
+
+def _content_chars(ex) -> int:
+    return sum(len(ex.doc.field_text(path)) for path, _ in ex.doc.fields() if is_content_field(path))
+
+
+def test_lengths_are_realistic(corpus):
+    """Mixed documents: 200 B to ~4 KB serialized, most of them 1-2.5 KB."""
+    sizes = sorted(len(serialize(ex.doc).text.encode("utf-8")) for ex in corpus)
+    assert 200 <= sizes[0] and sizes[-1] <= 4500
+    middle = sum(1000 <= b <= 2500 for b in sizes) / len(sizes)
+    assert middle >= 0.7, middle
+    assert sum(b < 1000 for b in sizes) >= 10 and sum(b > 2500 for b in sizes) >= 10  # both tails exist
+
+
+def test_sensitive_values_are_a_minority_of_the_text(corpus):
+    value_chars = sum(sp.end - sp.start for ex in corpus for sp in ex.spans if is_content_field(sp.field))
+    share = value_chars / sum(_content_chars(ex) for ex in corpus)
+    assert 0.01 < share < 0.15, share  # measured 0.04: most of a document is ordinary prose, code or rows
+
+
+_EMAIL_RE = re.compile(r"\w[\w.+-]*@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
+
+
+def _covered(ex, field: str) -> list[tuple[int, int]]:
+    return [(s.start, s.end) for s in ex.spans if s.field == field] + [
+        (a, b) for f, a, b, _ in ex.hard_negatives if f == field
+    ]
+
+
+def test_filler_is_harmless(corpus):
+    """The filler convention: outside gold spans and hard negatives there is no email address and no long
+    digit run (card, SSN or phone shaped), so an unlabelled token really is "O"."""
+    for ex in corpus:
+        for path, text in ex.doc.fields():
+            if not is_content_field(path):
+                continue
+            cov = _covered(ex, path)
+            for m in [*_EMAIL_RE.finditer(text), *re.finditer(r"\d{9,}", text)]:
+                assert any(a <= m.start() and m.end() <= b for a, b in cov), (ex.template, m.group())
+
+
+def test_templates_have_their_structure():
+    """A few layouts, checked on the text itself: quoted reply history, diff hunks, CSV rows, chat stamps."""
+    seen = {}
+    for split in synth.SPLITS:
+        for ex in synth.generate(120, seed=2, split=split):
+            seen.setdefault(ex.template, ex)
+    assert set(seen) == set(synth.TEMPLATES)
+    assert "wrote:\n\n> " in seen["email_reply_chain"].doc.body
+    diff = seen["pr_py_diff"].doc.attachments[0].text
+    assert diff.startswith("diff --git a/") and "\n@@ -" in diff
+    csv = seen["upload_csv"].doc.attachments[0].text.splitlines()
+    assert len(csv) > 5 and len({line.count(",") >= csv[0].count(",") for line in csv}) == 1
+    assert re.match(r"\[\d\d:\d\d\] \w+: ", seen["chat_transcript"].doc.body)
+    for ex in seen.values():  # every template writes more than a line or two
+        assert _content_chars(ex) > 80, ex.template
+
+
+def test_reply_chain_correspondent_is_first_party():
+    """The quoted "Name <address> wrote:" names a recipient, so it is labelled without making the document
+    sensitive on its own (policy.is_third_party)."""
+    from chinwag.dlp.policy import is_third_party
+
+    n = 0
+    for ex in synth.generate(200, seed=0, split="train"):
+        if ex.template != "email_reply_chain":
+            continue
+        n += 1
+        quoted = [sp for sp in ex.spans if sp.field == "body" and ex.doc.body[sp.end : sp.end + 1] in " >"]
+        header = [sp for sp in quoted if ex.doc.body[sp.end :].startswith(("> wrote:", " <"))]
+        assert {sp.label for sp in header} == {"NAME", "EMAIL"}
+        assert not any(is_third_party(ex.doc, sp) for sp in header)
+    assert n > 5
+
+
+# ----------------------------------------------------------------------------- difficulty
+
+
+def _stats(exs) -> dict:
+    return {
+        "obfuscated": sum(len(e.obfuscated) for e in exs),
+        "negatives": sum(len(e.hard_negatives) for e in exs),
+        "bytes": sum(len(serialize(e.doc).text.encode("utf-8")) for e in exs) / len(exs),
+        "max_bytes": max(len(serialize(e.doc).text.encode("utf-8")) for e in exs),
+    }
+
+
+def test_difficulty_knob_changes_what_it_says():
+    easy = _stats(synth.generate(200, seed=0, split="train", difficulty="easy"))
+    mixed = _stats(synth.generate(200, seed=0, split="train", difficulty="mixed"))
+    hard = _stats(synth.generate(200, seed=0, split="train", difficulty="hard"))
+    # measured, 200 docs each: obfuscated 8 / 65 / 288, negatives 130 / 351 / 964, bytes 980 / 1,790 / 2,650
+    assert easy["obfuscated"] * 4 < mixed["obfuscated"] < hard["obfuscated"] / 2
+    assert easy["negatives"] * 2 < mixed["negatives"] < hard["negatives"] / 2
+    assert easy["bytes"] < mixed["bytes"] < hard["bytes"]
+    assert easy["max_bytes"] < 2500 and 3500 < hard["max_bytes"] <= 4500
+
+
+def test_difficulty_is_deterministic_and_mixed_is_the_default():
+    for diff in synth.DIFFICULTIES:
+        a = [synth.example_record(e) for e in synth.generate(30, seed=5, split="val", difficulty=diff)]
+        b = [synth.example_record(e) for e in synth.generate(30, seed=5, split="val", difficulty=diff)]
+        assert a == b
+    default = [synth.example_record(e) for e in synth.generate(30, seed=5, split="val")]
+    assert default == [
+        synth.example_record(e) for e in synth.generate(30, seed=5, split="val", difficulty="mixed")
+    ]
+    hard = synth.generate(30, seed=5, split="val", difficulty="hard")
+    assert default[0]["id"] == "val-5-000000" and hard[0].doc.id == "val-hard-5-000000"
+    assert {e.template for e in hard} <= set(synth.SPLIT_TEMPLATES["val"])  # the split's templates, still
+    ex = synth._example(5, "val", 7, "hard")
+    assert synth.example_record(ex)["body"] == synth.example_record(hard[7])["body"]
+
+
+def test_every_difficulty_keeps_gold_spans_exact():
+    for diff in ("easy", "hard"):
+        for ex in synth.generate(80, seed=9, split="test", difficulty=diff):
+            for sp in ex.spans:
+                assert ex.doc.span_text(sp) and sp.end <= len(ex.doc.field_text(sp.field))
+            assert ex.obfuscated <= set(ex.spans)
+
+
+def test_bad_difficulty_is_rejected():
+    with pytest.raises(ValueError, match="difficulty"):
+        synth.generate(1, difficulty="medium")
+    with pytest.raises(ValueError, match="difficulty"):
+        synth._example(0, "train", 0, "medium")

@@ -1,4 +1,8 @@
+"""The DLP SentencePiece tokenizer: exact offsets, single-token markers, boundary-safe pieces, BIO round
+trips, persistence, the general-text mix and the density helper."""
+
 import json
+import math
 
 import pytest
 from hypothesis import given, settings
@@ -7,10 +11,15 @@ from hypothesis import strategies as st
 from chinwag.dlp import dsl, synth
 from chinwag.dlp.labels import BIO_TAGS
 from chinwag.dlp.tokenizer import (
+    BOUNDARY_RE,
+    DELIMITER,
     DLPTokenizer,
     bio_tags,
     bio_to_spans,
+    density,
+    general_text,
     marker_symbols,
+    pretokenize,
     span_to_tokens,
     tokens_to_spans,
 )
@@ -121,16 +130,86 @@ def test_bio_round_trip_on_synth(tok):
         ok += sum(sp in got for sp in ex.spans)
         total += len(ex.spans)
     assert total > 300
-    assert ok / total >= 0.99, ok / total  # measured 0.995 at vocab 8000 (2000 docs), see docs/dlp.md
+    # measured 1.000 here (vocab 2000) and 0.999 at 16k (500 test docs), see docs/dlp.md
+    assert ok / total >= 0.995, ok / total
 
 
-def test_token_budget_on_synth(tok):
-    """Measured on 200 test docs: 383 tokens/KB mean, 624 max (vocab 8000,
-    2000 train docs); 369 / 603 at 16k (8000 docs). The issue's
-    target (2 KB in <= 512 tokens = 256/KB) is NOT met on synth documents, which are dense with random
-    keys, digits and base64; this test pins the current level so a regression shows."""
-    per_kb = []
-    for ex in synth.generate(100, seed=0, split="test"):
-        text = dsl.serialize(ex.doc).text
-        per_kb.append(len(tok.encode(text)) / (len(text.encode("utf-8")) / 1024))
-    assert sum(per_kb) / len(per_kb) < 512
+def test_pretokenize_marks_value_edges():
+    # numbers vs punctuation, words vs closing/opening punctuation, before newlines, a value's leading symbol
+    assert pretokenize("ssn 123-45-6789.") == f"ssn 123-45-6789{DELIMITER}."
+    assert pretokenize('"key": "ghp_x1",') == f'"{DELIMITER}key{DELIMITER}": "{DELIMITER}ghp_x1{DELIMITER}",'
+    assert pretokenize("a\n\nb") == f"a{DELIMITER}\n\nb"
+    D = DELIMITER
+    assert pretokenize("PHONE='(209) 555'") == f"PHONE='{D}({D}209{D}) 555{D}'"
+    assert pretokenize("2024-03-15T10:22") == "2024-03-15T10:22"  # dates and times may still join
+    assert pretokenize(f"x{DELIMITER}y") == "xy"  # a stray delimiter in the input is dropped, not doubled
+
+
+def test_no_piece_crosses_a_value_edge(tok):
+    """The guarantee BOUNDARY_RE gives: no learned piece contains a boundary position. (A trailing letter
+    stands in for the unknown context after the piece, so a rule that needs whitespace next does not fire.)"""
+    checked = 0
+    for i in range(tok.vocab_size):
+        if tok.sp.is_byte(i) or tok.sp.is_control(i) or tok.sp.is_unknown(i):
+            continue
+        piece = tok.id_to_piece(i).replace("▁", " ")
+        if piece in marker_symbols():
+            continue
+        inner = [m.start() for m in BOUNDARY_RE.finditer(piece + "x") if 0 < m.start() < len(piece)]
+        assert not inner, piece
+        checked += 1
+    assert checked > 1500
+    pieces = {tok.id_to_piece(i) for i in range(tok.vocab_size)}
+    assert {"▁the", ".com"} <= pieces  # punctuation may join letters, and words are whole
+
+
+def test_general_text_is_bounded_and_mixed():
+    texts = general_text(40_000)
+    assert 30_000 < sum(map(len, texts)) <= 40_000
+    assert texts == general_text(40_000)  # deterministic
+    assert any("def " in t for t in texts)  # Python source
+    assert general_text(0) == []
+
+
+def test_train_with_general_text():
+    texts = [dsl.serialize(e.doc).text for e in synth.generate(60, seed=2, split="train")]
+    a = DLPTokenizer.train(texts, vocab_size=800, seed=0, general=0.5)
+    assert a.vocab_size == 800 and a.model_proto != DLPTokenizer.train(texts, vocab_size=800).model_proto
+    with pytest.raises(ValueError, match="Vocabulary size"):
+        DLPTokenizer.train(["<|body|>hello there"], vocab_size=16000)
+
+
+class _Stub:
+    """A tokenizer with one token per word, for exact density arithmetic."""
+
+    def encode(self, text):
+        return text.split()
+
+
+def test_density_arithmetic():
+    texts = ["a " * 1024, "a " * 512, "é" * 1024 + " b"]  # 2048 bytes/1024 tokens; 1024/512; 2050/2
+    d = density(_Stub(), texts)
+    per = sorted([1024.0, 1024.0, 2 * 2048 / 2050])
+    assert d["n"] == 3 and math.isclose(d["mean"], sum(per) / 3)
+    assert d["p50"] == per[1] and d["p95"] == d["max"] == 1024.0 and math.isclose(d["over_512"], 2 / 3)
+    with pytest.raises(ValueError):
+        density(_Stub(), [])
+
+
+def test_density_on_synth(tok):
+    """The fixture's 2k vocabulary (400 train docs): measured mean 775, p95 982 tokens per 2 KB on 100 test
+    docs. The 16k numbers (the issue's budget) are in `test_density_16k` and docs/dlp.md."""
+    d = density(tok, [dsl.serialize(e.doc).text for e in synth.generate(100, seed=0, split="test")])
+    assert d["n"] == 100 and d["p50"] <= d["p95"] <= d["max"]
+    assert d["mean"] < 850 and d["p95"] < 1100
+
+
+@pytest.mark.slow
+def test_density_16k():
+    """Issue 8's measurement: 16k pieces trained on 8,000 train docs (+ general text, as the CLI does), 500
+    test docs. Measured: mean 531, p50 502, p95 702, max 749 tokens per 2 KB. The p95 <= 512 goal is NOT
+    met: prose channels are at ~470-510 but diffs, JSON and SQL need ~600-700."""
+    texts = [dsl.serialize(e.doc).text for e in synth.generate(8000, seed=0, split="train")]
+    tok16 = DLPTokenizer.train(texts, vocab_size=16000, seed=0, general=0.5)
+    d = density(tok16, [dsl.serialize(e.doc).text for e in synth.generate(500, seed=0, split="test")])
+    assert d["mean"] < 560 and d["p50"] < 530 and d["p95"] < 760

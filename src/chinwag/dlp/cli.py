@@ -25,8 +25,14 @@ def _fail(msg: str) -> None:
 @app.command()
 def synth(
     n: int = typer.Option(10000, "--n", min=1, help="Number of documents."),
-    seed: int = typer.Option(0, help="Generator seed; the same (n, seed, split) gives the same file."),
+    seed: int = typer.Option(
+        0, help="Generator seed; the same (n, seed, split, difficulty) gives the same file."
+    ),
     split: str = typer.Option("train", help="train|val|test (disjoint templates)."),
+    difficulty: str = typer.Option(
+        "mixed",
+        help="easy (short, few obfuscations and hard negatives) | mixed | hard (long, many of both).",
+    ),
     out: Path = typer.Option(..., help="Output JSONL file (one document + gold spans + labels per line)."),
 ):
     """Generate a seeded synthetic DLP corpus with gold spans and policy labels."""
@@ -40,16 +46,20 @@ def synth(
         raise typer.BadParameter(
             f"{split!r} is not one of {'|'.join(synth_mod.SPLITS)}", param_hint="--split"
         )
+    if difficulty not in synth_mod.DIFFICULTIES:
+        raise typer.BadParameter(
+            f"{difficulty!r} is not one of {'|'.join(synth_mod.DIFFICULTIES)}", param_hint="--difficulty"
+        )
     examples = []
-    for i in track(range(n), description=f"generating {split}", transient=True):
-        ex = synth_mod._example(seed, split, i)  # doc i does not depend on n, so stream one at a time
-        ex.doc.id = f"{split}-{seed}-{i:06d}"
+    for i in track(range(n), description=f"generating {split} ({difficulty})", transient=True):
+        ex = synth_mod._example(seed, split, i, difficulty)  # doc i does not depend on n: stream them
+        ex.doc.id = synth_mod.doc_id(seed, split, i, difficulty)
         examples.append(ex)
     synth_mod.write_jsonl(examples, out)
     labels = Counter(s.label for ex in examples for s in ex.spans)
     obf = Counter(s.label for ex in examples for s in ex.obfuscated)
     decisions = Counter((synth_mod.doc_labels(ex) or {}).get("decision", "?") for ex in examples)
-    table = Table(title=f"{n} {split} documents -> {out}")
+    table = Table(title=f"{n} {split} documents ({difficulty}) -> {out}")
     table.add_column("label")
     table.add_column("spans", justify="right")
     table.add_column("obfuscated", justify="right")
@@ -91,32 +101,40 @@ def tokenizer_train(
     data: Path = typer.Option(..., help="JSONL of documents (e.g. from `chinwag dlp synth`)."),
     vocab_size: int = typer.Option(16000, min=300, help="SentencePiece vocabulary size."),
     seed: int = typer.Option(0, help="SentencePiece sampling seed."),
+    general: float = typer.Option(
+        0.5, min=0.0, help="Add this much general text (chat + Python source) per character of DSL text."
+    ),
+    eval_data: Path | None = typer.Option(
+        None, "--eval", help="JSONL of held-out documents to measure tokens per 2 KB on (default: --data)."
+    ),
     out: Path = typer.Option(..., help="Tokenizer file to write (JSON with the model proto, atomic)."),
 ):
-    """Serialize each document with the DSL and train the SentencePiece tokenizer on the texts."""
+    """Serialize each document with the DSL, train the SentencePiece tokenizer on the texts, and print how
+    many tokens a 2 KB document takes (mean / p95 / max; issue 8's budget is 512)."""
     import time
 
     from rich.progress import track
 
     from chinwag.dlp.dsl import serialize
-    from chinwag.dlp.tokenizer import DLPTokenizer
+    from chinwag.dlp.tokenizer import DLPTokenizer, density
 
     docs = _read_docs(data)
+    held_out = _read_docs(eval_data) if eval_data is not None else None
     texts = [serialize(d).text for d in track(docs, description="serializing", transient=True)]
     t0 = time.perf_counter()
     try:
-        tok = DLPTokenizer.train(texts, vocab_size=vocab_size, seed=seed)
-    except (
-        RuntimeError,
-        ValueError,
-    ) as e:  # e.g. "Vocabulary size too high (16000). Please set it to <= ..."
+        tok = DLPTokenizer.train(texts, vocab_size=vocab_size, seed=seed, general=general)
+    except (RuntimeError, ValueError) as e:  # "Vocabulary size too high (16000). Please set it to <= ..."
         _fail(f"{data}: training failed: {str(e).strip().splitlines()[-1]}")
+    took = time.perf_counter() - t0
     tok.save(out)
-    chars = sum(len(t.encode("utf-8")) for t in texts)
-    ntok = sum(len(tok.encode(t)) for t in texts)
+    typer.echo(f"trained {tok.vocab_size} pieces on {len(texts)} docs in {took:.1f}s -> {out}")
+    measured = texts if held_out is None else [serialize(d).text for d in held_out]
+    d = density(tok, track(measured, description="measuring", transient=True))
     typer.echo(
-        f"trained {tok.vocab_size} pieces on {len(texts)} docs in {time.perf_counter() - t0:.1f}s; "
-        f"{ntok / (chars / 1024):.0f} tokens/KB on the training docs -> {out}"
+        f"tokens per 2 KB on {d['n']} {'training' if held_out is None else 'held-out'} docs: "
+        f"mean {d['mean']:.0f}, p50 {d['p50']:.0f}, p95 {d['p95']:.0f}, max {d['max']:.0f} "
+        f"({d['over_512']:.0%} over 512)"
     )
 
 
@@ -136,3 +154,10 @@ def tokenizer_encode(
     for i, (s, e) in zip(enc.ids, enc.offsets, strict=True):
         typer.echo(f"{i}\t{tok.id_to_piece(i)!r}\t{s}\t{e}\t{text[s:e]!r}")
     typer.echo(f"{len(enc)} tokens")
+
+
+# training/calibration and scanning/evaluation live in their own modules; each adds its commands to `app`
+from chinwag.dlp import cli_scan, cli_train  # noqa: E402
+
+cli_train.register(app)
+cli_scan.register(app)

@@ -19,6 +19,13 @@ Segments: a long input is cut into fixed segments of `segment_len` tokens; the s
 pooled sum the document heads read) are carried from one segment to the next, detached by default: HRM's
 one-step gradient, i.e. the streaming analogue of k=1 truncated BPTT. Each segment gets its own document
 logits (deep supervision on the prefix seen so far); the final document logits are the last segment's.
+
+Training-only pieces (used by `chinwag.dlp.train`'s auxiliary losses, ignored at inference, a few thousand
+parameters): a learned [MASK] vector that replaces the embedding of the positions in `mask_positions`; a
+denoise head tied to the embedding (`denoise_logits`: RMSNorm then the embedding matrix transposed, so it
+costs no vocab-sized weight of its own); and a section-shuffle logit read from the document summary (the
+slow state and the pooled features), because "are these sections in order" is a question about the whole
+document, which is what the slow tier exists to hold.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from chinwag.model.config import ModelConfig
 from chinwag.model.model import DecoderLayer, RMSNorm, Rotary
@@ -61,6 +69,7 @@ class DLPConfig:
     memory_dim: int = 256
     flags: list[str] = field(default_factory=lambda: list(FLAGS))
     gates: bool = True  # False: the gate ablation, h' = h
+    n_hints: int = 0  # > 0: token ids carry a lexical hint (chinwag.dlp.hints), embedded and added
     dropout: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (preset name); unused by code
 
@@ -131,7 +140,12 @@ class DLPConfig:
 
 
 DLP_PRESETS: dict[str, dict] = {
-    "dlp-base": {},  # the issue's design config (the dataclass defaults)
+    "dlp-base": {},  # the issue's design config (the dataclass defaults): too slow to train on this CPU
+    # sizes that train on one CPU thread in ~35 minutes (pilot table in docs/dlp.md)
+    "dlp-small": dict(d=128, n_layers=4, n_heads=4, slow_dim=128),
+    # dlp-small reading the lexical hints (chinwag.dlp.hints) as well as the tokens: the shipped scanner
+    "dlp-small-hints": dict(d=128, n_layers=4, n_heads=4, slow_dim=128, n_hints=14),
+    "dlp-medium": dict(d=256, n_layers=4, n_heads=4, slow_dim=256),
     "dlp-tiny": dict(
         vocab_size=64, d=32, n_layers=2, n_heads=2, pool_every=8, slow_blocks=2, slow_dim=24, memory_dim=16
     ),
@@ -152,6 +166,8 @@ class DLPOutput:
     flag_logits: torch.Tensor  # [B, n_flags]
     slow_state: torch.Tensor  # [B, slow_dim], after the last real chunk
     per_segment_doc_logits: list[torch.Tensor]  # one [B, n_doc_heads] per segment (deep supervision)
+    hidden: torch.Tensor | None = None  # [B, T, d] fused token features h' (the BIO head's input)
+    shuffle_logits: torch.Tensor | None = None  # [B] "sections were swapped" (training-only aux head)
 
 
 class SlowTier(nn.Module):
@@ -193,6 +209,7 @@ class DLPModel(nn.Module):
         self.config = cfg
         fcfg = cfg.fast_config()
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d)
+        self.hint_embed = nn.Embedding(cfg.n_hints, cfg.d) if cfg.n_hints else None
         self.rotary = Rotary(fcfg)
         self.layers = nn.ModuleList(DecoderLayer(fcfg, i) for i in range(cfg.n_layers))
         self.fast_norm = RMSNorm(cfg.d, cfg.norm_eps)
@@ -211,7 +228,12 @@ class DLPModel(nn.Module):
         self.doc_head = nn.Linear(summary, cfg.n_doc_heads)
         self.memory_head = nn.Linear(summary, cfg.memory_dim)
         self.flag_head = nn.Linear(summary, cfg.n_flags)
+        # training-only auxiliary pieces (see the module docstring)
+        self.mask_embed = nn.Parameter(torch.zeros(cfg.d))  # initialised with the embeddings below
+        self.denoise_norm = RMSNorm(cfg.d, cfg.norm_eps)
+        self.shuffle_head = nn.Linear(summary, 1)
         self.apply(self._init_weights)
+        nn.init.normal_(self.mask_embed, std=0.02)  # like a token embedding, not a zero vector
 
     @staticmethod
     def _init_weights(m):
@@ -221,6 +243,18 @@ class DLPModel(nn.Module):
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings; with hints, ids are `token + vocab_size * hint` (see hints.with_hints)."""
+        if self.hint_embed is None:
+            return self.embed(ids)
+        V = self.config.vocab_size
+        return self.embed(ids % V) + self.hint_embed(ids // V)
+
+    def denoise_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Fused features h' [..., d] -> logits over the vocabulary [..., vocab_size] (tied to the embedding).
+        Call it on the masked positions only: a full [B, T, vocab] would cost more than the encoder."""
+        return F.linear(self.denoise_norm(h), self.embed.weight)
 
     def memory_to_seed(self, memory: torch.Tensor) -> torch.Tensor:
         """A previous document's memory summary [B, memory_dim] -> a slow seed [B, slow_dim]."""
@@ -253,10 +287,12 @@ class DLPModel(nn.Module):
         slow_seed: torch.Tensor | None = None,
         segment_len: int | None = None,
         detach_between_segments: bool = True,
+        mask_positions: torch.Tensor | None = None,
     ) -> DLPOutput:
         """ids [B, T]; attention_mask [B, T] (True/1 = real token); slow_seed [B, slow_dim] thread memory
         (added to the learned seed; see `memory_to_seed`); segment_len a multiple of pool_every (None = the
-        whole input is one segment)."""
+        whole input is one segment); mask_positions [B, T] bool: embed these as the learned [MASK] vector
+        (the mask-denoise auxiliary task; training only)."""
         cfg = self.config
         B, T = ids.shape
         mask = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -268,10 +304,12 @@ class DLPModel(nn.Module):
         s = self.slow_seed[None].expand(B, -1)
         if slow_seed is not None:
             s = s + slow_seed
-        x_all = self.embed(ids)
+        x_all = self.embed_ids(ids)
+        if mask_positions is not None:
+            x_all = torch.where(mask_positions[..., None], self.mask_embed.to(x_all.dtype), x_all)
         pooled_sum = x_all.new_zeros(B, cfg.d)  # running sum of h' over real tokens (doc heads read its mean)
         count = x_all.new_zeros(B, 1)
-        bio, per_segment, summary = [], [], None
+        bio, hidden, per_segment, summary = [], [], [], None
         for start in range(0, T, seg):
             if start > 0 and detach_between_segments:  # one-step gradient: the carry is a constant
                 s, pooled_sum = s.detach(), pooled_sum.detach()
@@ -279,6 +317,7 @@ class DLPModel(nn.Module):
             h = self._fast(x, m)
             s_tok, s = self.slow(h, m, s, cfg.pool_every)
             hp = self.out_norm(self._fuse(x, h, s_tok))
+            hidden.append(hp)
             bio.append(self.bio_head(self.drop(hp)))
             mf = m[..., None].to(hp.dtype)
             pooled_sum = pooled_sum + (hp * mf).sum(1)
@@ -292,6 +331,8 @@ class DLPModel(nn.Module):
             flag_logits=self.flag_head(summary),
             slow_state=s,
             per_segment_doc_logits=per_segment,
+            hidden=torch.cat(hidden, dim=1),
+            shuffle_logits=self.shuffle_head(summary)[:, 0],
         )
 
 

@@ -5,10 +5,22 @@ through `_Text.val`, which records its code-point span at that moment. So gold s
 regex over the finished text; they are what we inserted, and `_finish` asserts that
 `doc.field_text(field)[start:end]` is exactly the inserted value.
 
-Templates are document *skeletons* (an email reply chain, an informal chat, a PR diff of a .env file, a
-CSV upload, ...). Each split draws from its own disjoint set of skeletons, so the test split measures
-generalisation to unseen layouts rather than memory. Values, obfuscation forms and hard negatives are
-shared by all splits: the model must learn them, and every split must contain all of them.
+Templates are document *skeletons* (an email reply chain with quoted history, a stand-up chat, a PR diff of
+a .env file, a CSV export, ...). Each split draws from its own disjoint set of skeletons, so the test split
+measures generalisation to unseen layouts rather than memory. Values, obfuscation forms, hard negatives and
+the prose banks are shared by all splits: the model must learn them, and every split must contain them.
+
+Realism: real emails, chats, PRs and uploads are mostly ordinary text, so each template writes prose from
+role-specific sentence banks (greetings, context, quoted history, signatures, disclaimers, meeting notes,
+code with ordinary identifiers, log and CSV rows that are mostly harmless) up to a length budget, and
+weaves the document's few sensitive values and hard negatives into it. Filler convention, so that every
+unlabelled token really is harmless: filler uses first names only (a *full* person name is always a NAME
+span), never an email address, phone or street address, and its numbers are dates, times, amounts,
+percentages and short counts.
+
+Difficulty (`easy` | `mixed` | `hard`) sets the payload and the length budget: easy documents are shorter
+with few obfuscations and hard negatives; hard ones are long (up to ~4 KB) with many of both; mixed (the
+default) sits in between.
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ import base64
 import datetime
 import json
 import random
+import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,11 +42,12 @@ from chinwag.dlp.labels import LABELS, Span, is_public_test_card, luhn_ok
 from chinwag.utils import atomic_path
 
 SPLITS = ("train", "val", "test")
+DIFFICULTIES = ("easy", "mixed", "hard")
 FORMS = ("spaced_digits", "at_dot", "base64", "hex", "url_encoded", "zero_width", "homoglyph", "split_lines")
 NEG_KINDS = (
     "test_card", "doc_email", "aws_doc_key", "placeholder", "uri_no_password", "uri_placeholder_password",
-    "masked_card", "isbn", "ean", "uuid", "git_sha", "checksum", "version", "order_number",
-    "tracking_number", "company", "city",
+    "masked_card", "isbn", "ean", "uuid", "git_sha", "checksum", "version", "order_number", "tracking_number",
+    "company", "city",
 )  # fmt: skip
 
 NDA_LEXICON = (
@@ -58,8 +72,8 @@ OBF_FORMS = {
 FORM_WEIGHT = {"at_dot": 4, "hex": 4, "base64": 2, "url_encoded": 2}
 ZERO_WIDTH = ("\u200b", "\u200c", "\u200d", "\u2060", "\ufeff")
 HOMOGLYPHS = {
-    "a": "а", "e": "е", "o": "о", "p": "р", "c": "с", "x": "х", "i": "і", "y": "у", "s": "ѕ",
-    "A": "А", "E": "Е", "O": "О", "P": "Р", "C": "С", "T": "Т", "H": "Н", "K": "К", "M": "М", "B": "В",
+    "a": "а", "e": "е", "o": "о", "p": "р", "c": "с", "x": "х", "i": "і", "y": "у", "s": "ѕ", "A": "А",
+    "E": "Е", "O": "О", "P": "Р", "C": "С", "T": "Т", "H": "Н", "K": "К", "M": "М", "B": "В",
 }  # fmt: skip
 TEST_CARDS = (
     "4111 1111 1111 1111", "4111111111111111", "4242 4242 4242 4242", "4242424242424242",
@@ -83,6 +97,31 @@ ROLES = ("hr", "finance", "legal", "engineering", "support", "sales")
 _END = datetime.datetime(2025, 1, 1)
 
 
+@dataclass(frozen=True)
+class _Level:
+    """One difficulty: how many values and hard negatives a document carries, how often a value is
+    obfuscated, and how long the document's content is."""
+
+    pos: tuple[int, ...]  # weights of carrying 0, 1, 2, ... sensitive values
+    neg: tuple[int, ...]  # weights of carrying 0, 1, 2, ... hard negatives
+    obf: tuple[float, ...]  # a document draws one of these as its per-value obfuscation probability
+    length: tuple[tuple[int, int, int], ...]  # (weight, lo, hi): a mixture of uniform content lengths (chars)
+
+
+DIFFICULTY = {
+    "easy": _Level(pos=(2, 3, 3, 2), neg=(5, 4, 1), obf=(0.0, 0.0, 0.1), length=((1, 0, 1100),)),
+    "mixed": _Level(
+        pos=(2, 3, 3, 2, 1),
+        neg=(2, 3, 3, 2),
+        obf=(0.0, 0.15, 0.4),
+        length=((1, 0, 700), (8, 850, 2200), (1, 2200, 3500)),
+    ),  # fmt: skip
+    "hard": _Level(
+        pos=(1, 2, 3, 3, 2, 1), neg=(0, 0, 1, 2, 3, 3, 2, 2), obf=(0.4, 0.6, 0.8), length=((1, 1300, 3600),)
+    ),
+}
+
+
 @dataclass
 class Example:
     """One generated document and its gold annotations (all offsets in code points of the raw field)."""
@@ -102,34 +141,46 @@ class Example:
 
 
 class _Text:
-    """Appends text to one field while recording where each value and hard negative landed."""
+    """Appends text to one field while recording where each value and hard negative landed. With a
+    `quote` prefix set (e.g. "> "), plain text gets the prefix after every newline, as a quoted reply
+    does; values are never altered (a multi-line value breaks the quoting, as it does in real mail)."""
 
-    def __init__(self):
+    def __init__(self, s: str = ""):
         self.parts: list[str] = []
         self.n = 0
         self.vals: list[tuple[int, int, str, str | None, str]] = []  # start, end, label, form, text
         self.negs: list[tuple[int, int, str, str]] = []  # start, end, kind, text
+        self.quote = ""
+        if s:
+            self.add(s)
 
-    def add(self, s: str) -> _Text:
+    def _raw(self, s: str) -> _Text:
         self.parts.append(s)
         self.n += len(s)
         return self
 
+    def add(self, s: str) -> _Text:
+        return self._raw(s.replace("\n", "\n" + self.quote) if self.quote else s)
+
     def val(self, v: tuple[str, str, str | None]) -> _Text:
         label, s, form = v
         self.vals.append((self.n, self.n + len(s), label, form, s))
-        return self.add(s)
+        return self._raw(s)
 
     def neg(self, v: tuple[str, str]) -> _Text:
         kind, s = v
         self.negs.append((self.n, self.n + len(s), kind, s))
-        return self.add(s)
+        return self._raw(s)
+
+    def item(self, v) -> _Text:
+        """A sensitive value (label, text, form) or a hard negative (kind, text)."""
+        return self.val(v) if len(v) == 3 else self.neg(v)
 
     def phrase(self, pattern: str, v) -> _Text:
         """`pattern` holds one `{}`: the value (a val triple or a neg pair) goes there."""
         pre, post = pattern.split("{}")
         self.add(pre)
-        self.val(v) if len(v) == 3 else self.neg(v)
+        self.item(v)
         return self.add(post)
 
     def text(self) -> str:
@@ -352,67 +403,606 @@ class _Gen:
         return uri.replace(":PW@", "@")
 
 
-# ----------------------------------------------------------------------------- phrases
+# ----------------------------------------------------------------------------- carrier phrases
+# `{}` is where the value goes; `{first}`, `{company}`, ... are filler slots (see `_Doc.slot`).
 
 PHRASES = {
-    "EMAIL": ("you can reach me at {}", "send it to {} please", "my personal address is {}", "cc {} on this"),
-    "PHONE": ("call me on {}", "mobile: {}", "her cell is {}", "ring {} after 5"),
-    "PAN": ("card number {}", "charge it to {}", "the customer's card is {}", "use {} for the refund"),
-    "SSN": ("SSN {}", "social security number: {}", "his SSN is {}", "ssn={}"),
-    "SECRET_KEY": ("the key is {}", "token: {}", "use this secret: {}", "here's the prod key {}"),
-    "DB_URI": ("connect with {}", "DATABASE_URL is {}", "prod db: {}", "try {} from the bastion"),
-    "NDA_TERM": ("this is covered by the {}", "{} - do not forward", "marked {}", "see the {} terms"),
-    "MATTER_ID": ("re matter {}", "file under {}", "billing to {}", "matter no. {}"),
-    "NAME": ("{} starts Monday", "spoke with {} today", "{} asked about it", "assigning to {}"),
-    "ADDRESS": ("ship to {}", "she lives at {}", "mailing address: {}", "office moved to {}"),
-}
+    "EMAIL": (
+        "you can reach me at {}", "send it to {} please", "my personal address is {}", "cc {} on this",
+        "{first}'s new email is {}", "forward the signed copy to {}", "the customer wrote in from {}",
+        "please update the contact on file to {}", "reply to {} rather than the shared inbox",
+        "the invite should go to {}",
+    ),
+    "PHONE": (
+        "call me on {}", "mobile: {}", "her cell is {}", "ring {} after 5", "the best number for him is {}",
+        "you can text me at {}", "the customer asked for a callback on {}", "{first}'s direct line is {}",
+        "emergency contact number: {}", "reach the site manager on {}",
+    ),
+    "PAN": (
+        "card number {}", "charge it to {}", "the customer's card is {}", "use {} for the refund",
+        "corporate card {} exp 09/27", "please process the payment with {}", "the declined card was {}",
+        "card on the booking: {}", "the travel card ending the month is {}",
+    ),
+    "SSN": (
+        "SSN {}", "social security number: {}", "his SSN is {}", "ssn={}", "for the I-9 her SSN is {}",
+        "SSN on the W-4 is {}", "the employee's social is {}", "SSN for the background check: {}",
+    ),
+    "SECRET_KEY": (
+        "the key is {}", "token: {}", "use this secret: {}", "here's the prod key {}",
+        "the service account token is {}", "password for the admin console is {}",
+        "I rotated it, the new one is {}", "export API_TOKEN={}", "the webhook signing secret is {}",
+    ),
+    "DB_URI": (
+        "connect with {}", "DATABASE_URL is {}", "prod db: {}", "try {} from the bastion",
+        "the read replica is at {}", "point the worker at {}", "the connection string is {}",
+    ),
+    "NDA_TERM": (
+        "this is covered by the {}", "{} - do not forward", "marked {}", "see the {} terms",
+        "we signed the {} with {company} last week", "everything in the deck falls under the {}",
+        "the {} expires in {month}", "treat the pricing as {}",
+    ),
+    "MATTER_ID": (
+        "re matter {}", "file under {}", "billing to {}", "matter no. {}", "time entries should go to {}",
+        "the docket for {} is attached", "please reference {} in the subject line",
+    ),
+    "NAME": (
+        "{} starts Monday", "spoke with {} today", "{} asked about it", "assigning to {}",
+        "{} from {company} will join the call", "the candidate, {}, accepted the offer",
+        "please add {} to the distribution list", "{} is the new account owner",
+        "the request came from {} in {team}",
+    ),
+    "ADDRESS": (
+        "ship to {}", "she lives at {}", "mailing address: {}", "office moved to {}",
+        "please send the paperwork to {}", "the delivery address on file is {}",
+        "the return label should go to {}",
+    ),
+}  # fmt: skip
 NEG_PHRASES = {
-    "test_card": ("use test card {} in staging", "the sandbox card {} works"),
-    "doc_email": ("e.g. {}", "the docs use {} as the sample"),
-    "aws_doc_key": ("the AWS docs example key {}", "placeholder id {}"),
-    "placeholder": ("set the key to {}", "token: {}"),
-    "uri_no_password": ("local db is {}", "connect to {}"),
-    "uri_placeholder_password": ("template URL {}", "DATABASE_URL={} (fill in)"),
-    "masked_card": ("card {} on file", "paid with {}"),
-    "isbn": ("ISBN {}", "book {}"),
-    "ean": ("barcode {}", "EAN {}"),
-    "uuid": ("request id {}", "trace {}"),
-    "git_sha": ("fixed in {}", "commit {}"),
-    "checksum": ("sha {}", "checksum {}"),
-    "version": ("bumped to {}", "released {}"),
-    "order_number": ("order {}", "invoice {}"),
-    "tracking_number": ("tracking {}", "UPS {}"),
-    "company": ("we signed with {}", "{} renewed"),
-    "city": ("she is in {}", "flying to {}"),
-}
+    "test_card": (
+        "use test card {} in staging", "the sandbox card {} works", "card number {} (Stripe test)",
+        "QA can charge {} with any CVC",
+    ),
+    "doc_email": (
+        "e.g. {}", "the docs use {} as the sample", "set the sender to {} in the fixture", "contact: {}",
+    ),
+    "aws_doc_key": ("the AWS docs example key {}", "placeholder id {}", "AWS_ACCESS_KEY_ID={} in the sample"),
+    "placeholder": ("set the key to {}", "token: {}", "replace {} with your own key", "password: {}"),
+    "uri_no_password": ("local db is {}", "connect to {}", "the replica is at {}"),
+    "uri_placeholder_password": ("template URL {}", "DATABASE_URL={} (fill in)", "connection string: {}"),
+    "masked_card": ("card {} on file", "paid with {}", "the card is {}"),
+    "isbn": ("ISBN {}", "book {}", "the handbook (ISBN {})"),
+    "ean": ("barcode {}", "EAN {}", "scan {} at the register"),
+    "uuid": ("request id {}", "trace {}", "tenant {}"),
+    "git_sha": ("fixed in {}", "commit {}", "reverted {}"),
+    "checksum": ("sha {}", "checksum {}", "the sha256 of the build is {}"),
+    "version": ("bumped to {}", "released {}", "we're on {} in prod"),
+    "order_number": ("order {}", "invoice {}", "reference {}"),
+    "tracking_number": ("tracking {}", "UPS {}", "shipped, tracking number {}"),
+    "company": ("we signed with {}", "{} renewed", "the contract with {} is up for renewal"),
+    "city": ("she is in {}", "flying to {}", "the office in {}"),
+}  # fmt: skip
 KEYS = {
     "SECRET_KEY": (
-        "API_KEY",
-        "SECRET_KEY",
-        "auth_token",
-        "password",
-        "AWS_SECRET_ACCESS_KEY",
-        "GITHUB_TOKEN",
+        "API_KEY", "SECRET_KEY", "auth_token", "password", "AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN",
+        "STRIPE_KEY", "webhook_secret",
     ),
-    "DB_URI": ("DATABASE_URL", "db_uri", "MONGO_URL", "REDIS_URL"),
-    "EMAIL": ("contact_email", "EMAIL", "owner"),
-    "PHONE": ("phone", "ON_CALL_PHONE"),
-    "PAN": ("card_number", "pan"),
-    "SSN": ("ssn", "tax_id"),
-    "NAME": ("full_name", "contact"),
-    "ADDRESS": ("address", "ship_to"),
-    "NDA_TERM": ("classification", "notice"),
+    "DB_URI": ("DATABASE_URL", "db_uri", "MONGO_URL", "REDIS_URL", "replica_url"),
+    "EMAIL": ("contact_email", "EMAIL", "owner", "notify"), "PHONE": ("phone", "ON_CALL_PHONE", "sms_to"),
+    "PAN": ("card_number", "pan"), "SSN": ("ssn", "tax_id"), "NAME": ("full_name", "contact", "owner_name"),
+    "ADDRESS": ("address", "ship_to"), "NDA_TERM": ("classification", "notice"),
     "MATTER_ID": ("matter_id", "MATTER"),
+}  # fmt: skip
+
+NEG_KEYS = {
+    "test_card": ("card_number", "test_card"), "doc_email": ("contact_email", "example_email"),
+    "aws_doc_key": ("AWS_ACCESS_KEY_ID", "aws_key"), "placeholder": ("API_KEY", "auth_token", "password"),
+    "uri_no_password": ("DATABASE_URL", "db_uri"), "uri_placeholder_password": ("DATABASE_URL", "MONGO_URL"),
+    "masked_card": ("card", "card_number"), "isbn": ("isbn",), "ean": ("barcode", "ean"),
+    "uuid": ("request_id", "tenant_id"), "git_sha": ("commit", "revision"),
+    "checksum": ("sha256", "checksum"), "version": ("version", "release"),
+    "order_number": ("order_id", "invoice"), "tracking_number": ("tracking",),
+    "company": ("company", "vendor"), "city": ("city", "office"),
+}  # fmt: skip
+
+# ----------------------------------------------------------------------------- filler banks
+# None of these contains a full person name, an email address, a phone number, an address or an NDA lexicon
+# term: the filler must be harmless, so that an unlabelled token really is "O".
+
+TEAMS = (
+    "platform", "payments", "data", "mobile", "growth", "security", "infra", "billing", "design", "web",
+    "analytics", "support ops", "people ops", "revenue ops", "procurement", "facilities",
+)  # fmt: skip
+PRODUCTS = (
+    "the dashboard", "the mobile app", "the billing portal", "the reporting module", "the admin console",
+    "the public API", "the browser extension", "the desktop client", "the scheduler", "the analytics add-on",
+    "the export tool", "the checkout page",
+)  # fmt: skip
+PROJECTS = (
+    "Atlas", "Bluebird", "Cascade", "Falcon", "Harbor", "Juniper", "Lighthouse", "Meridian", "Nimbus",
+    "Orion", "Quartz", "Redwood", "Sequoia", "Tundra", "Willow", "Beacon",
+)  # fmt: skip
+SERVICES = (
+    "auth-service", "billing-api", "search-indexer", "notification-worker", "orders-api", "gateway",
+    "user-service", "report-builder", "sync-worker", "checkout", "ledger", "media-proxy",
+)  # fmt: skip
+FILES = (
+    "tests/test_api.py", "src/handlers.py", "web/app.ts", "db/schema.sql", "scripts/deploy.sh",
+    "config/settings.yaml", "lib/cache.go", "src/billing/invoice.py", "app/models/user.rb",
+)  # fmt: skip
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
+MONTHS = (
+    "January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+    "November", "December",
+)  # fmt: skip
+TIMES = ("9:30", "10am", "10:30", "11:15", "noon", "1pm", "2:30", "3pm", "4pm", "4:45", "5pm")
+PLANS = ("Starter", "Team", "Business", "Enterprise", "Pro")
+
+GENERIC = (
+    "Thanks for pulling this together so quickly.", "Let me know if you have any questions.",
+    "I'll follow up once I hear back from {first}.", "Can we find 30 minutes on {day} to go through it?",
+    "I've added it to the agenda for {day}'s sync.", "Sorry for the slow reply, it's been a busy week.",
+    "Just circling back on this before the end of the week.",
+    "{first} is out until {day}, so I'm covering in the meantime.", "No rush on this, next week is fine.",
+    "Happy to jump on a call if that's easier.", "Adding {first} for visibility.",
+    "As discussed on {day}, here is where we landed.",
+    "I think we're mostly aligned, with a couple of open points below.",
+    "Please review before {day} so we can close this out.",
+    "The deadline moved to {date}, which gives us a bit more room.",
+    "We should loop in the {team} team before anything goes out.", "Quick update on where things stand.",
+    "I spoke with {first} this morning and they're on board.",
+    "Let's keep this thread for the decision and move the details to the doc.",
+    "I'll send a calendar invite for {day} at {time}.", "If nothing else comes up, we're good to go.",
+    "Flagging this now so it doesn't surprise anyone later.", "Thanks again, really appreciate the help.",
+    "The notes from last week are in the shared folder.", "{first} mentioned this might slip by a few days.",
+    "I've attached the latest version for reference.", "Can you confirm you received the updated copy?",
+    "We'll revisit this in the {quarter} planning session.", "Does {day} afternoon still work for everyone?",
+    "I don't think we need a meeting for this, email is fine.",
+    "Let me check with {first} and get back to you by end of day.",
+    "Good catch, I missed that in the first draft.",
+    "I'm travelling on {day} but will be online in the evening.",
+    "We agreed to keep the scope small for the first version.",
+    "The summary is at the top, details further down.", "Can you take a first pass and I'll review after?",
+    "I'd rather wait until {first} is back before deciding.",
+    "This came up again in the {team} retro, so it's worth fixing properly.",
+)  # fmt: skip
+ROLE_TALK = {
+    "hr": (
+        "The offer letter for the {team} role went out on {day}.",
+        "Open enrollment for benefits closes on {date}.",
+        "Please make sure timesheets are submitted by {day} at noon.",
+        "We're planning the onboarding session for {n} new starters next week.",
+        "The review cycle starts on {date}; self-assessments are due two weeks later.",
+        "{first} will be the onboarding buddy for the first month.",
+        "Payroll runs a day early this month because of the holiday.",
+        "The updated handbook is now on the intranet.",
+        "We've scheduled the exit interview for {day} at {time}.",
+        "PTO requests should go through the portal, not email.",
+        "The relocation package covers the first {n} weeks of temporary housing.",
+        "Background checks usually take three to five business days.",
+        "Hiring manager feedback for the {team} candidates is due {day}.",
+        "We're updating the parental leave policy starting in {quarter}.",
+        "Laptop and badge will be ready at the front desk on the first morning.",
+        "The training modules need to be completed within {n} days of the start date.",
+        "Headcount for {team} was approved for {quarter}.",
+        "Please remind your team about the wellness stipend deadline.",
+        "The interview panel for the senior role is {first} and {first2}.",
+        "We received {n} applications for the internship so far.",
+    ),
+    "finance": (
+        "Invoice {invoice} for {amount} is now past due.", "The {quarter} close is scheduled for {date}.",
+        "Expense reports over {amount} need a second approver.",
+        "We reconciled the {company} account and found a difference of {amount}.",
+        "The {team} budget is {pct} under forecast so far.", "Vendor payments go out on Thursdays.",
+        "Please code this to the {team} cost center.", "The auditors will be onsite from {day}.",
+        "{company} asked for net 45 terms instead of net 30.",
+        "The wire was released this morning and should land by {day}.",
+        "Accruals for {month} look reasonable apart from travel.",
+        "I've updated the forecast model with the latest headcount numbers.",
+        "Can you send the signed PO so I can release payment?",
+        "Revenue for {month} came in at {amount}, slightly ahead of plan.",
+        "Corporate card statements are due by the {nth}.",
+        "The variance is mostly timing, not a real overspend.",
+        "Please attach receipts for anything above {amount}.",
+        "We're switching the payroll provider at the start of {quarter}.",
+    ),
+    "legal": (
+        "I've attached the redlined version of the master services agreement.",
+        "{company} came back with comments on the indemnification clause.",
+        "The statement of work needs a signature from {first} before {date}.",
+        "Please don't sign anything until we've reviewed the liability cap.",
+        "Outside counsel will send the draft response by {day}.", "The filing deadline is {date}.",
+        "We need the board consent executed before the closing.",
+        "The data processing addendum is still with their procurement team.",
+        "Discovery requests are due in {n} days.", "I'd suggest we push back on the auto-renewal language.",
+        "The governing law clause still says Delaware.",
+        "Please route all questions about the dispute through our team.",
+        "The settlement conference is set for {date}.",
+        "We are collecting documents from the custodians this week.",
+        "The trademark application was published for opposition.",
+        "Their counsel asked for an extension until {date}.",
+        "The termination for convenience clause needs 60 days' notice.",
+        "We should confirm the signatory has authority to bind {company}.",
+    ),
+    "engineering": (
+        "The deploy to staging went out at {time} without issues.",
+        "We're seeing elevated p99 latency on {service} since the last release.",
+        "I bumped the connection pool size from 10 to {n}.", "The flaky test in {file} is fixed on main.",
+        "Can someone review the migration before we merge?",
+        "Rollback is straightforward: revert the commit and redeploy.",
+        "CI is green again after the cache fix.", "The on-call handoff is on {day} at {time}.",
+        "{service} now retries with exponential backoff.",
+        "We should add an alert on queue depth for {service}.",
+        "The feature flag is enabled for {pct} of traffic.", "I'll write up the postmortem by {day}.",
+        "Memory usage dropped by about {pct} after the change.",
+        "The new endpoint is behind auth and rate limited.",
+        "Let's pin the dependency until upstream ships a fix.",
+        "Load tests show {n}k requests per second at steady state.",
+        "The {project} cutover is planned for {date}.",
+        "Release {version} is tagged and the changelog is updated.",
+        "Error rates are back to baseline after the hotfix.",
+        "We need to bump the base image because of the openssl advisory.",
+    ),
+    "support": (
+        "The customer reports that the export button does nothing in {product}.",
+        "I've escalated the ticket to tier 2.", "They're on the {plan} plan, renewed in {month}.",
+        "The refund was approved and should appear in {n} business days.",
+        "Could you try clearing the cache and logging in again?",
+        "The replacement unit shipped from our {city} warehouse.",
+        "We've identified the issue and a fix is rolling out today.",
+        "I'm sorry for the trouble this has caused.", "The ticket was reopened after the customer replied.",
+        "Average first response time this week was {n} minutes.",
+        "Please attach a screenshot of the error message.", "This looks like a duplicate of {ticket}.",
+        "The customer would like a callback tomorrow morning.",
+        "Their account was migrated to the new billing system on {date}.",
+        "I've added a note to the account so the next agent has context.",
+        "The workaround is to export in smaller batches until the fix ships.",
+    ),
+    "sales": (
+        "{company} is interested in a pilot for {n} seats.",
+        "The demo with {company} is booked for {day} at {time}.",
+        "They asked for a {pct} discount on a two-year term.",
+        "The renewal is due on {date} and they're evaluating competitors.",
+        "I'll send the revised quote with the volume tier.",
+        "Procurement wants the security questionnaire before signing.",
+        "Pipeline for {quarter} is at {amount}, ahead of target.",
+        "Their champion, {first}, is moving to a different team.", "We lost the {company} deal on price.",
+        "Can marketing send over the latest case studies?",
+        "Let's put the {company} opportunity in commit for this quarter.",
+        "The trial ends {day}; I'll check in beforehand.",
+        "They want SSO and audit logs, which means the {plan} tier.",
+        "I'm meeting their CFO in {city} next {day}.",
+    ),
+}  # fmt: skip
+CHAT_LINES = (
+    "sounds good", "on it", "lgtm 👍", "can you take a look when you get a sec?", "brb, grabbing coffee",
+    "ok pushed a fix", "thanks!!", "yep", "hmm not sure, let me check", "standup in 5",
+    "who's on call this week?", "that worked, thanks", "I'll ping {first}", "meeting moved to {time}",
+    "is {service} slow for anyone else?", "nvm found it", "haha fair", "ty", "will do",
+    "did that go out yet?", "can we push this to {day}?", "+1", "agreed", "not yet, blocked on {first}",
+    "give me 10 min", "oh nice", "I'll write it up in the doc", "let's take it offline",
+    "any update on this?", "yeah that's the one", "sorry, was in a meeting", "I can pair on it after lunch",
+    "done ✅", "morning all ☀️", "ok thx", "checking now", "ugh, again?", "happy friday 🎉",
+)  # fmt: skip
+GREETINGS = (
+    "Hi {first},", "Hello {first},", "Hi team,", "Hi all,", "Hey {first},", "Good morning,", "Dear {first},",
+    "{first} -", "Hi both,",
+)  # fmt: skip
+SIGNOFFS = (
+    "Best,",
+    "Thanks,",
+    "Cheers,",
+    "Regards,",
+    "Kind regards,",
+    "Many thanks,",
+    "Thanks!",
+    "Best regards,",
+)
+DISCLAIMERS = (
+    "This email and any attachments are intended only for the named recipient. If you have received it in "
+    "error, please notify the sender and delete it. Any unauthorised use, disclosure or copying is "
+    "prohibited. {company} does not accept liability for any errors or omissions in the contents of this "
+    "message.",
+    "CONFIDENTIALITY NOTICE: The information in this message may be protected by law and is meant for the "
+    "addressee only. If you are not the intended recipient, do not read, forward or store it; please "
+    "reply to let us know and then delete all copies.",
+    "Please consider the environment before printing this email.",
+    "Our offices will be closed on {date}. For urgent matters please contact the main switchboard.",
+    "{company} will never ask you for your password or banking details by email.",
+)  # fmt: skip
+
+# Code context for the PR diffs: ordinary identifiers, no secrets (used verbatim, never slot-filled).
+CODE = {
+    "py": (
+        """\
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)""",
+        """\
+def load_settings(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    data.setdefault("timeout", 30)
+    return data""",
+        """\
+class RetryPolicy:
+    def __init__(self, attempts: int = 3, backoff: float = 0.5):
+        self.attempts = attempts
+        self.backoff = backoff
+
+    def delays(self):
+        return [self.backoff * 2**i for i in range(self.attempts)]""",
+        """\
+@app.get("/health")
+def health():
+    return {"status": "ok", "version": __version__}""",
+        """\
+def chunked(items, size):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]""",
+        """\
+    for order in orders:
+        if order.status != "paid":
+            continue
+        totals[order.region] += order.amount""",
+        """\
+CACHE_TTL = int(os.environ.get("CACHE_TTL", "300"))
+MAX_WORKERS = int(os.environ.get("MAX_WORKERS", "4"))
+FEATURE_FLAGS = {"new_checkout": False, "beta_search": True}""",
+        """\
+    try:
+        resp = session.get(url, timeout=timeout)
+        resp.raise_for_status()
+    except requests.RequestException as exc:
+        log.warning("fetch failed: %s", exc)
+        return None""",
+        """\
+def test_parse_empty_payload():
+    assert parse_payload(b"") == {}
+
+
+def test_parse_rejects_garbage():
+    with pytest.raises(ValueError):
+        parse_payload(b"not json")""",
+        """\
+def send_report(recipients, report):
+    body = render_template("weekly.txt", report=report)
+    for rcpt in recipients:
+        mailer.send(to=rcpt, subject=report.title, body=body)""",
+        """\
+@dataclass
+class Invoice:
+    number: str
+    amount_cents: int
+    currency: str = "USD"
+    paid: bool = False""",
+        """\
+    queue = deque(maxlen=1000)
+    while not stop.is_set():
+        job = broker.get(timeout=1.0)
+        if job is None:
+            continue
+        queue.append(handle(job))""",
+    ),
+    "yaml": (
+        """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: orders-api
+  labels:
+    app: orders-api
+spec:
+  replicas: 3""",
+        """\
+    spec:
+      containers:
+        - name: app
+          image: registry.local/orders-api:1.14.2
+          ports:
+            - containerPort: 8080
+          resources:
+            limits:
+              memory: 512Mi""",
+        """\
+on:
+  push:
+    branches: [main]
+  pull_request:
+
+jobs:
+  test:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+      - run: make test""",
+        """\
+logging:
+  level: info
+  format: json
+cache:
+  ttl_seconds: 300
+  max_entries: 10000""",
+        """\
+server:
+  host: 0.0.0.0
+  port: 8080
+  read_timeout: 15s
+  write_timeout: 30s""",
+        """\
+retries:
+  attempts: 5
+  backoff: exponential
+features:
+  new_checkout: false
+  beta_search: true""",
+    ),
+    "json": (
+        """\
+  "name": "web-client",
+  "version": "2.3.0",
+  "private": true,""",
+        """\
+  "scripts": {
+    "build": "vite build",
+    "test": "vitest run",
+    "lint": "eslint src"
+  },""",
+        """\
+  "logging": {
+    "level": "info",
+    "console": true
+  },""",
+        """\
+  "retry": {
+    "attempts": 3,
+    "backoffMs": 250
+  },""",
+        """\
+  "features": {
+    "newCheckout": false,
+    "betaSearch": true
+  },""",
+    ),
+    "env": (
+        """\
+# app settings
+APP_ENV=production
+LOG_LEVEL=info
+PORT=8080""",
+        """\
+WORKERS=4
+CACHE_TTL_SECONDS=300
+TIMEZONE=UTC""",
+        """\
+FEATURE_NEW_CHECKOUT=true
+FEATURE_BETA_SEARCH=false
+SENTRY_ENVIRONMENT=production""",
+        """\
+# queue
+QUEUE_NAME=jobs-default
+QUEUE_VISIBILITY_TIMEOUT=60
+MAX_RETRIES=5""",
+    ),
+    "sh": (
+        """\
+#!/usr/bin/env bash
+set -euo pipefail
+
+SERVICE=orders-api
+REGION=us-east-1""",
+        """\
+echo "building $SERVICE"
+docker build -t "$SERVICE:$GIT_SHA" .
+docker push "$SERVICE:$GIT_SHA\"""",
+        """\
+for host in web-1 web-2 web-3; do
+  ssh "$host" "sudo systemctl restart $SERVICE"
+done""",
+        """\
+if ! curl -fsS "http://localhost:8080/health" > /dev/null; then
+  echo "health check failed" >&2
+  exit 1
+fi""",
+    ),
+    "sql": (
+        """\
+CREATE TABLE contacts (
+    id BIGSERIAL PRIMARY KEY,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);""",
+        """\
+CREATE INDEX idx_orders_customer ON orders (customer_id);
+ALTER TABLE orders ADD COLUMN notes TEXT;""",
+        """\
+UPDATE plans SET monthly_price_cents = 4900 WHERE code = 'team';
+UPDATE plans SET monthly_price_cents = 9900 WHERE code = 'business';""",
+        """\
+-- backfill the region column for old rows
+UPDATE accounts SET region = 'us' WHERE region IS NULL;""",
+    ),
+    "md": (
+        """\
+## Installation
+
+```bash
+pip install -e .
+make dev
+```""",
+        """\
+## Running the tests
+
+Run `make test`. The integration tests need Docker; skip them with `make test-unit`.""",
+        """\
+## Configuration
+
+Settings are read from environment variables first and then from `config.yaml`.
+See the table below for the defaults.""",
+        """\
+## Troubleshooting
+
+If the worker exits immediately, check that the queue exists and that the service
+has permission to read from it.""",
+        """\
+## Contributing
+
+Open an issue first for anything larger than a small fix. Keep pull requests focused and include tests.""",
+    ),
 }
+PR_CHANGES = (
+    "Move the config loading into one place", "Add retries around the upstream call", "Drop the unused flag",
+    "Document the new environment variables", "Bump the base image", "Fix the flaky timeout test",
+    "Rename the queue settings for clarity", "Add a health check to the deploy script",
+    "Split the settings per environment", "Log the request id on errors", "Update the onboarding docs",
+)  # fmt: skip
+LOG_MSGS = (
+    "GET /api/v1/orders 200 {ms}ms", "POST /api/v1/login 200 {ms}ms", "cache miss for key user:{n}",
+    "worker {n} started", "retrying request to {service} (attempt {k}/3)", "healthcheck ok",
+    "scheduled job nightly-export finished in {n}s", "connection pool size={n} in_use={k}",
+    "deprecated config key 'timeout_ms' used", "session refreshed", "rate limit reached for tenant {n}",
+    "queue depth {n}", "GC pause {ms}ms", "feature flag new_checkout evaluated",
+    "GET /static/app.js 304 {k}ms", "upstream {service} responded 503, backing off", "migrated {n} rows",
+    "PUT /api/v1/items/{n} 204 {ms}ms", "consumer lag {n} messages", "loaded {n} templates",
+    "TLS certificate valid for {n} more days",
+)  # fmt: skip
+LOG_CARRIERS = (
+    "user lookup: {}", "payload contained {}", "retry with {}", "config value {}", "parsed {}", "debug: {}",
+)  # fmt: skip
+CSV_SCHEMAS = (
+    # (header, row pattern): rows are slot-filled; the notes column takes a value now and then
+    ("order_date,sku,qty,unit_price,status,region,notes",
+     "{isodate},SKU-{n}{k},{k},{price},{status},{region},"),
+    ("ticket,opened,priority,status,product,notes", "{ticket},{isodate},{priority},{status},{product},"),
+    ("date,category,amount,currency,approved,notes", "{isodate},{category},{price},USD,{yesno},"),
+    ("team,quarter,headcount,open_roles,budget,notes", "{team},{quarter},{n},{k},{amount},"),
+    ("week,channel,sessions,signups,conversion,notes", "{isodate},{region},{n}{k}0,{n},{pct},"),
+)  # fmt: skip
+CSV_NOTES = (
+    "", "", "", "", "gift wrap", "backorder", "priority", "see thread", "resent", "partial",
+    "follow up {day}", "waiting on {first}",
+)  # fmt: skip
+
+SUBJECTS = (
+    "{project} update", "{team} planning", "Quick question", "Follow-up from {day}", "{quarter} numbers",
+    "Action items from today", "Checking in", "Issue with {product}", "Next steps", "Schedule for {day}",
+    "Draft for review", "Notes and open questions", "Heads up: {service} change", "{company} call recap",
+    "Timeline for {project}", "Updated plan",
+)  # fmt: skip
+
+_SLOT = re.compile(r"\{(\w+)\}")
 
 
 # ----------------------------------------------------------------------------- document context
 
 
 class _Doc:
-    """The shared parts of one document: who sends, to whom, where, and which values go in."""
+    """The shared parts of one document: who sends, to whom, where, which values go in, how long it is, and
+    the filler "cast" (first names, team, product, ...) that keeps one document's prose consistent."""
 
-    def __init__(self, g: _Gen, channel: str, roles: tuple[str, ...]):
+    def __init__(self, g: _Gen, channel: str, roles: tuple[str, ...], difficulty: str = "mixed"):
         self.g = g
         r, f = g.rng, g.fake
         self.channel = channel
@@ -420,21 +1010,25 @@ class _Doc:
         self.org = f.domain_name()
         self.org_domains = [self.org] + ([f.domain_name()] if r.random() < 0.2 else [])
         self.sender_name = f.name()
+        self.sender_first = next(w for w in self.sender_name.split() if not w.endswith("."))  # not "Dr."
         local = self.sender_name.lower().replace(" ", ".").replace("'", "")
         self.sender_addr = f"{local}@{self.org}"
         # Half the senders carry a display name, so a signature NAME is first-party (policy.is_third_party).
         self.sender = f"{self.sender_name} <{self.sender_addr}>" if r.random() < 0.5 else self.sender_addr
         kind = r.random()
+        self.self_forward = kind >= 0.85
         if kind < 0.5:  # internal colleagues
-            self.recipients = [f"{f.user_name()}@{self.org}" for _ in range(r.randint(1, 3))]
+            addrs = [f"{f.user_name()}@{self.org}" for _ in range(r.randint(1, 3))]
         elif kind < 0.85:  # an outside party
-            self.recipients = [f"{f.user_name()}@{self.org}", g.email()][: r.randint(1, 2)]
+            addrs = [f"{f.user_name()}@{self.org}", g.email()][: r.randint(1, 2)]
             if r.random() < 0.5:
-                self.recipients.reverse()
+                addrs.reverse()
         else:  # a self-forward to personal webmail
-            self.recipients = [f"{local.replace('.', '')}{r.randint(1, 99)}@{r.choice(WEBMAIL)}"]
+            addrs = [f"{local.replace('.', '')}{r.randint(1, 99)}@{r.choice(WEBMAIL)}"]
+        self.recipient_addrs = addrs
+        self.recipients = list(addrs)  # a quoted correspondent gets a display name (see `named_recipient`)
         dest = r.choices(["internal", "external", "public"], weights=[6, 3, 1])[0]
-        if any(not rc.endswith("@" + self.org) for rc in self.recipients) and dest == "internal":
+        if any(not rc.endswith("@" + self.org) for rc in addrs) and dest == "internal":
             dest = "external"
         self.metadata: dict = {"destination": dest}
         self.links: list[str] = []
@@ -442,12 +1036,110 @@ class _Doc:
             self.links.append(r.choice(PASTE_SITES) + f.lexify("????????"))
         elif r.random() < 0.2:
             self.links.append(f.url())
-        # The payload: which sensitive labels and which hard negatives this document carries.
-        n_pos = r.choices([0, 1, 2, 3, 4], weights=[2, 3, 3, 2, 1])[0]
-        self.pos = [r.choice(LABELS) for _ in range(n_pos)]
-        self.n_neg = r.choices([0, 1, 2, 3], weights=[2, 3, 3, 2])[0]
-        self.obf_p = r.choice([0.0, 0.15, 0.4])
+        # The payload: which sensitive labels and hard negatives this document carries, and its length.
+        lv = DIFFICULTY[difficulty]
+        self.pos = [r.choice(LABELS) for _ in range(r.choices(range(len(lv.pos)), weights=lv.pos)[0])]
+        self.n_neg = r.choices(range(len(lv.neg)), weights=lv.neg)[0]
+        self.obf_p = r.choice(lv.obf)
+        _, lo, hi = r.choices(lv.length, weights=[w for w, _, _ in lv.length])[0]
+        self.target = r.randint(lo, hi)  # characters of content (subject, body, attachments)
+        # The filler cast.
+        self.people = [f.first_name() for _ in range(4)]
+        self.company = f.company()
+        self.team, self.product = r.choice(TEAMS), r.choice(PRODUCTS)
+        self.project, self.service = r.choice(PROJECTS), r.choice(SERVICES)
+        self.ticket = f"{r.choice(('OPS', 'ENG', 'SUP', 'FIN', 'HR'))}-{r.randint(100, 9999)}"
+        self.clock = datetime.datetime(2023, 1, 2, 8) + datetime.timedelta(minutes=r.randrange(600 * 24 * 60))
+        self.slots = self._slot_table()
 
+    def _slot_table(self) -> dict[str, Callable[[], str]]:
+        """What each `{slot}` of the filler banks draws: the cast for names, fresh draws for the rest."""
+        r, f = self.g.rng, self.g.fake
+        pick = r.choice
+        return {
+            "first": lambda: pick(self.people),
+            "first2": lambda: pick(self.people),
+            "company": lambda: self.company,
+            "team": lambda: pick((self.team, self.team, pick(TEAMS))),
+            "product": lambda: self.product,
+            "project": lambda: self.project,
+            "service": lambda: pick((self.service, pick(SERVICES))),
+            "file": lambda: pick(FILES),
+            "day": lambda: pick(DAYS),
+            "date": lambda: f"{pick(MONTHS)} {r.randint(1, 28)}",
+            "isodate": lambda: (self.clock.date() + datetime.timedelta(days=r.randint(-90, 0))).isoformat(),
+            "time": lambda: pick(TIMES),
+            "month": lambda: pick(MONTHS),
+            "quarter": lambda: f"Q{r.randint(1, 4)}",
+            "nth": lambda: pick(("1st", "5th", "10th", "15th", "20th", "25th", "28th")),
+            "n": lambda: str(r.randint(2, 40)),
+            "k": lambda: str(r.randint(1, 9)),
+            "ms": lambda: str(r.randint(3, 900)),
+            "amount": lambda: f"${r.randint(1, 95) * 10 ** r.randint(2, 4):,}",
+            "price": lambda: f"{r.randint(1, 400)}.{r.randint(0, 99):02d}",
+            "pct": lambda: f"{r.randint(2, 60)}%",
+            "city": lambda: f.city(),
+            "ticket": lambda: self.ticket,
+            "invoice": lambda: f"INV-{r.randint(10000, 99999)}",
+            "version": lambda: f"{r.randint(1, 5)}.{r.randint(0, 20)}.{r.randint(0, 9)}",
+            "plan": lambda: pick(PLANS),
+            "status": lambda: pick(("open", "pending", "shipped", "closed", "paid", "on hold")),
+            "priority": lambda: pick(("low", "normal", "high", "urgent")),
+            "region": lambda: pick(("us-east", "us-west", "emea", "apac", "latam")),
+            "category": lambda: pick(("travel", "meals", "software", "hardware", "training", "office")),
+            "yesno": lambda: pick(("yes", "no", "pending")),
+        }
+
+    # -- filler --
+    def say(self, pattern: str) -> str:
+        """Fill `{slot}`s (an empty `{}`, the value's place in a carrier phrase, is left alone)."""
+        return _SLOT.sub(lambda m: self.slots[m.group(1)](), pattern)
+
+    def sents(self, k: int, role: str | None = None, share: float = 0.65) -> str:
+        """`k` distinct filler sentences: the role's talk (`share` of them) and generic office talk."""
+        r, bank = self.g.rng, ROLE_TALK[role or self.role]
+        out: list[str] = []
+        while len(out) < k:
+            s = r.choice(bank if r.random() < share else GENERIC)
+            if s not in out:
+                out.append(s)
+        return " ".join(self.say(s) for s in out)
+
+    def para(self, role: str | None = None) -> str:
+        return self.sents(self.g.rng.randint(2, 4), role)
+
+    def chat_line(self) -> str:
+        r = self.g.rng
+        return self.say(r.choice(CHAT_LINES)) if r.random() < 0.6 else self.sents(1)
+
+    def room(self, frac: float = 1.0, reserve: int = 0) -> int:
+        """The length a field should reach: `frac` of the document's target, less `reserve` characters."""
+        return max(0, int(self.target * frac) - reserve)
+
+    def tick(self, max_s: int = 300) -> datetime.datetime:
+        self.clock += datetime.timedelta(seconds=self.g.rng.randint(1, max_s))
+        return self.clock
+
+    def when(self) -> str:
+        c = self.tick(3 * 86400)
+        return f"{c:%a, %b} {c.day}, {c.year} at {c:%I:%M %p}".replace(" 0", " ")
+
+    def subject(self) -> str:
+        return self.say(self.g.rng.choice(SUBJECTS))
+
+    def named_recipient(self) -> tuple[str, str]:
+        """Give recipient 0 a display name ("Dana Wu <dana.wu@corp.com>") and return (name, address), so a
+        quoted "Dana Wu <dana.wu@corp.com> wrote:" is a first-party NAME and EMAIL."""
+        f = self.g.fake
+        addr = self.recipient_addrs[0]
+        name = self.sender_name if self.self_forward else f"{f.first_name()} {f.last_name()}"
+        if addr.endswith("@" + self.org):
+            addr = name.lower().replace(" ", ".").replace("'", "") + "@" + self.org
+            self.recipient_addrs[0] = addr
+        self.recipients[0] = f"{name} <{addr}>"
+        return name, addr
+
+    # -- payload --
     def values(self) -> list:
         """Interleaved sensitive values and hard negatives, each a val triple or a neg pair."""
         items = [self.g.value(lab, self.obf_p) for lab in self.pos] + [
@@ -456,16 +1148,39 @@ class _Doc:
         self.g.rng.shuffle(items)
         return items
 
-    def sentence(self, t: _Text, v) -> None:
-        pool = PHRASES[v[0]] if len(v) == 3 else NEG_PHRASES[v[0]]
-        t.phrase(self.g.rng.choice(pool), v)
+    def carry(
+        self, t: _Text, v, lead: float = 0.4, tail: float = 0.3, end: str = ".", cap: bool = True
+    ) -> None:
+        """One sentence carrying the value `v` (a carrier phrase), with filler sentences around it."""
+        r = self.g.rng
+        if r.random() < lead:
+            t.add(self.sents(1) + " ")
+        pattern = self.say(r.choice(PHRASES[v[0]] if len(v) == 3 else NEG_PHRASES[v[0]]))
+        if cap and not pattern.startswith("{}"):
+            pattern = pattern[0].upper() + pattern[1:]
+        t.phrase(pattern, v).add(end)
+        if r.random() < tail:
+            t.add(" " + self.sents(1))
 
-    def prose(self, t: _Text, items: list, sep: str = ". ", filler: float = 0.5) -> None:
-        for v in items:
-            if self.g.rng.random() < filler:
-                t.add(self.g.fake.sentence() + " ")
-            self.sentence(t, v)
-            t.add(sep)
+    def weave(self, t: _Text, items: list, until: int, filler: Callable[[], str], put: Callable) -> None:
+        """Write `items` through `put(t, v)` with `filler()` text around them until `t` is about `until`
+        characters long: the remaining room is split at random between the gaps before, between and after."""
+        r = self.g.rng
+        w = [r.random() + 0.3 for _ in range(len(items) + 1)]
+        for i in range(len(items) + 1):
+            end = t.n + max(0, until - t.n) * w[i] / sum(w[i:])
+            while t.n < end:
+                t.add(filler())
+            if i < len(items):
+                put(t, items[i])
+
+    # common filler/put pairs
+    def para_sep(self) -> str:
+        return self.para() + "\n\n"
+
+    def carry_para(self, t: _Text, v) -> None:
+        self.carry(t, v)
+        t.add("\n\n")
 
 
 # ----------------------------------------------------------------------------- templates
@@ -482,131 +1197,311 @@ def template(name: str, channel: str, roles: tuple[str, ...] = ROLES):
     return deco
 
 
-def _signature(d: _Doc, t: _Text, style: int) -> None:
-    g = d.g
-    t.add(["\n\n-- \n", "\n\nBest,\n", "\n\nThanks,\n", "\n\nCheers\n"][style % 4])
-    if g.rng.random() < 0.6:
+def _greeting(d: _Doc) -> str:
+    return d.say(d.g.rng.choice(GREETINGS)) + "\n\n"
+
+
+def _signature(d: _Doc, t: _Text, disclaimer: float = 0.3) -> None:
+    g, r = d.g, d.g.rng
+    t.add("\n" + r.choice(SIGNOFFS) + "\n")
+    if r.random() < 0.6:
         t.val(("NAME", d.sender_name, None))
     else:
-        t.add(d.sender_name.split()[0])
-    if g.rng.random() < 0.3:
-        t.add("\n").add(g.fake.job()).add(" | ").neg(("company", g.fake.company()))
-    if g.rng.random() < 0.25:
+        t.add(d.sender_first)
+    if r.random() < 0.35:
+        t.add("\n" + g.fake.job() + " | ").neg(("company", g.fake.company()))
+    if r.random() < 0.25:
         t.add("\nM: ").val(("PHONE", g.phone(), None))
+    if r.random() < 0.1:
+        t.add("\nSent from my phone")
+    if r.random() < disclaimer:
+        t.add("\n\n" + d.say(r.choice(DISCLAIMERS)))
+
+
+def _bullet(d: _Doc, mark: str = "- ") -> Callable[[], str]:
+    return lambda: mark + d.sents(1) + "\n"
+
+
+def _carry_bullet(d: _Doc, mark: str = "- ") -> Callable:
+    def put(t: _Text, v) -> None:
+        t.add(mark)
+        d.carry(t, v, lead=0.2, tail=0.1)
+        t.add("\n")
+
+    return put
 
 
 @template("email_plain", "email")
 def _email_plain(d: _Doc):
-    t = _Text().add(d.g.rng.choice(["Hi team,\n\n", "Hello,\n\n", "Hi all,\n\n"]))
-    d.prose(t, d.values())
-    _signature(d, t, 0)
-    return d.g.fake.sentence(nb_words=5).rstrip("."), t, []
+    t = _Text(_greeting(d))
+    d.weave(t, d.values(), d.room(reserve=150), d.para_sep, d.carry_para)
+    _signature(d, t)
+    return d.subject(), t, []
 
 
 @template("email_reply_chain", "email")
 def _email_reply(d: _Doc):
-    g, items = d.g, d.values()
-    t = _Text().add("Sounds good, see below.\n")
-    half = len(items) // 2
-    d.prose(t, items[:half], sep=".\n")
-    _signature(d, t, 1)
-    other = g.fake.name()
-    t.add(f"\n\nOn {g.fake.date(end_datetime=_END)} at {g.fake.time(end_datetime=_END)[:5]}, {other} <").add(
-        f"{g.fake.user_name()}@{d.org}"
-    ).add("> wrote:\n> ")
-    d.prose(t, items[half:], sep=".\n> ")
-    return "Re: " + g.fake.sentence(nb_words=4).rstrip("."), t, []
-
-
-@template("email_forward", "email")
-def _email_forward(d: _Doc):
-    g = d.g
-    t = _Text().add("FYI, forwarding.\n\n---------- Forwarded message ---------\nFrom: ")
-    t.add(g.fake.name()).add("\nSubject: ").add(g.fake.catch_phrase()).add("\n\n")
-    d.prose(t, d.values(), sep=".\n")
-    return "Fwd: " + g.fake.catch_phrase(), t, []
-
-
-@template("email_with_attachment", "email")
-def _email_attach(d: _Doc):
-    g, items = d.g, d.values()
-    t = _Text().add("Please find the details attached.\n")
-    a = _Text()
-    for v in items:
-        d.sentence(a, v)
-        a.add("\n")
-    _signature(d, t, 2)
-    return g.fake.bs().capitalize(), t, [("notes.txt", "text/plain", a)]
-
-
-@template("email_legal_memo", "email", ("legal",))
-def _email_memo(d: _Doc):
-    g = d.g
-    t = _Text().add("PRIVILEGED REVIEW\n\nCounsel,\n\n")
-    d.prose(t, d.values(), sep=";\n", filler=0.3)
-    _signature(d, t, 3)
-    return "Memo: " + g.fake.catch_phrase(), t, []
+    r, items = d.g.rng, d.values()
+    half = r.randint(0, len(items))
+    t = _Text(_greeting(d))
+    d.weave(t, items[:half], d.room(0.35), d.para_sep, d.carry_para)
+    _signature(d, t, disclaimer=0.0)
+    name, addr = d.named_recipient()
+    t.add(f"\n\nOn {d.when()}, ").val(("NAME", name, None)).add(" <").val(("EMAIL", addr, None))
+    t.add("> wrote:\n\n")
+    t.quote = "> "
+    t.add(f"> {r.choice(['Hi', 'Hey', 'Thanks'])} {d.sender_first},\n\n")
+    d.weave(t, items[half:], d.room(reserve=60), d.para_sep, d.carry_para)
+    t.add(r.choice(SIGNOFFS) + "\n" + name.split()[0])
+    t.quote = ""
+    return "Re: " + d.subject(), t, []
 
 
 @template("email_hr_onboarding", "email", ("hr",))
 def _email_hr(d: _Doc):
-    t = _Text().add("New hire paperwork below.\n\n")
-    for v in d.values():
-        t.add("- ")
-        d.sentence(t, v)
+    r = d.g.rng
+    t = _Text(_greeting(d) + r.choice(["Welcome to the team! ", "Great to have you joining us. ", ""]))
+    t.add(d.para("hr") + "\n\nA few things for your first week:\n")
+    d.weave(t, d.values(), d.room(0.85), _bullet(d), _carry_bullet(d))
+    t.add("\n" + d.sents(2, "hr") + "\n")
+    _signature(d, t)
+    return (
+        d.say(r.choice(["Welcome aboard!", "Your first week", "Onboarding checklist", "Start date: {date}"])),
+        t,
+        [],
+    )
+
+
+@template("email_meeting_followup", "email")
+def _email_meeting(d: _Doc):
+    r = d.g.rng
+    t = _Text(_greeting(d) + d.say(f"Thanks for joining {{day}}'s {d.team} sync. Notes below.\n\n"))
+    t.add("Attendees: " + ", ".join(d.people[: r.randint(2, 4)]) + "\n\nDiscussion\n")
+    d.weave(t, d.values(), d.room(0.75), d.para_sep, d.carry_para)
+    t.add("Action items\n")
+    for p in r.sample(d.people, r.randint(1, 3)):
+        t.add(f"- {p}: {d.sents(1)}\n")
+    _signature(d, t)
+    return d.say("Notes: {team} sync {date}"), t, []
+
+
+@template("email_forward", "email")
+def _email_forward(d: _Doc):
+    r = d.g.rng
+    t = _Text(r.choice(["FYI, see below.", "Forwarding for context.", "Can you take this one?"]) + " ")
+    t.add(d.sents(r.randint(1, 2)) + "\n\n---------- Forwarded message ---------\nFrom: ")
+    if r.random() < 0.5:
+        name, addr = d.named_recipient()
+        t.val(("NAME", name, None)).add(" <").val(("EMAIL", addr, None)).add(">")
+    else:
+        team = r.choice(TEAMS).replace(" ", "")
+        t.add(f"{team.title()} Team <").val(("EMAIL", f"{team}@{d.org}", None)).add(">")
+    t.add(f"\nDate: {d.when()}\nSubject: {d.subject()}\nTo: ").val(("EMAIL", d.sender_addr, None))
+    t.add("\n\n" + _greeting(d))
+    d.weave(t, d.values(), d.room(reserve=40), d.para_sep, d.carry_para)
+    t.add(r.choice(SIGNOFFS))
+    return "Fwd: " + d.subject(), t, []
+
+
+@template("email_legal_memo", "email", ("legal",))
+def _email_memo(d: _Doc):
+    r = d.g.rng
+    t = _Text(d.say("MEMORANDUM\n\nTo: {team} leadership\nFrom: Legal\nDate: {date}\n"))
+    t.add(f"Re: {d.company} {r.choice(['contract review', 'dispute', 'renewal terms', 'vendor audit'])}\n\n")
+    t.add("1. Background\n" + d.para("legal") + "\n\n2. Analysis\n")
+    d.weave(t, d.values(), d.room(0.85), lambda: d.para("legal") + "\n\n", d.carry_para)
+    t.add("3. Next steps\n")
+    for _ in range(r.randint(2, 3)):
+        t.add("- " + d.sents(1, "legal") + "\n")
+    _signature(d, t, disclaimer=0.5)
+    return "Memo: " + d.company, t, []
+
+
+@template("email_vendor_followup", "email", ("finance", "sales", "support", "legal"))
+def _email_vendor(d: _Doc):
+    r = d.g.rng
+    t = _Text(_greeting(d) + d.say("Following up on our call on {day}. ") + d.sents(2) + "\n\n")
+    t.add(r.choice(["A few open points:\n", "To summarise where we are:\n", "Questions from our side:\n"]))
+    num = iter(range(1, 100))
+
+    def point() -> str:
+        return f"{next(num)}. {d.sents(r.randint(1, 2))}\n"
+
+    def put(t: _Text, v) -> None:
+        t.add(f"{next(num)}. ")
+        d.carry(t, v, lead=0.3, tail=0.2)
         t.add("\n")
-    _signature(d, t, 1)
-    return "Onboarding", t, []
+
+    d.weave(t, d.values(), d.room(reserve=200), point, put)
+    t.add("\n" + d.sents(1) + "\n")
+    _signature(d, t, disclaimer=0.6)
+    return d.say("{company} / next steps"), t, []
+
+
+@template("email_with_attachment", "email")
+def _email_attach(d: _Doc):
+    r = d.g.rng
+    t = _Text(_greeting(d) + d.sents(r.randint(1, 3)) + " Please find the details attached.\n")
+    _signature(d, t)
+    a = _Text(d.say(r.choice(["Notes - {project}\n\n", "Summary for {day}\n\n", "Details\n\n", ""])))
+    d.weave(a, d.values(), d.room(0.75), d.para_sep, d.carry_para)
+    name = r.choice(["notes.txt", "summary.txt", "details.txt", "handover.txt"])
+    return d.subject(), t, [(name, "text/plain", a)]
+
+
+@template("email_support_escalation", "email", ("support", "sales", "engineering"))
+def _email_escalation(d: _Doc):
+    r, items = d.g.rng, d.values()
+    half = r.randint(0, len(items))
+    t = _Text(_greeting(d) + d.say("Escalating {ticket}, customer impact summary below.\n\nSummary\n"))
+    t.add(d.para("support") + "\n\nTimeline\n")
+
+    def line() -> str:
+        return f"- {d.tick(1800):%H:%M} {d.sents(1, 'support')}\n"
+
+    def put(t: _Text, v) -> None:
+        t.add(f"- {d.tick(1800):%H:%M} ")
+        d.carry(t, v, lead=0.0, tail=0.2)
+        t.add("\n")
+
+    d.weave(t, items[:half], d.room(0.5), line, put)
+    t.add("\nCustomer's message:\n")
+    t.quote = "> "
+    t.add("> ")
+    d.weave(t, items[half:], d.room(reserve=140), lambda: d.para("support") + "\n\n", d.carry_para)
+    t.quote = ""
+    _signature(d, t)
+    return d.say("Escalation: {ticket}"), t, []
+
+
+# -- chats
+
+
+def _chat_put(d: _Doc, prefix: Callable[[], str] = lambda: "") -> Callable:
+    def put(t: _Text, v) -> None:
+        r = d.g.rng
+        lead = r.choice(["hey ", "ok so ", "fyi ", "btw ", "", ""])
+        t.add(prefix() + lead)
+        d.carry(t, v, lead=0.1, tail=0.15, end="", cap=not lead)
+        t.add(r.choice(["\n", " 🙏\n", "!!\n", " thx\n", "\n", "\n"]))
+
+    return put
 
 
 @template("chat_informal", "chat")
 def _chat_informal(d: _Doc):
-    g = d.g
     t = _Text()
-    for v in d.values():
-        t.add(g.rng.choice(["hey ", "ok so ", "fyi ", "lol ", ""]))
-        d.sentence(t, v)
-        t.add(g.rng.choice(["\n", " 🙏\n", "!!\n", " thx\n"]))
+    d.weave(t, d.values(), d.room(0.6), lambda: d.chat_line() + "\n", _chat_put(d))
     if not t.parts:
-        t.add("anyone around? " + g.fake.sentence())
+        t.add("anyone around? " + d.sents(1))
     return "", t, []
+
+
+def _stamp(d: _Doc, max_s: int = 240) -> str:
+    return f"[{d.tick(max_s):%H:%M}] {d.g.rng.choice(d.people).lower()}: "
 
 
 @template("chat_transcript", "chat")
 def _chat_transcript(d: _Doc):
-    g = d.g
     t = _Text()
-    for v in d.values():
-        t.add(f"[{g.fake.time(end_datetime=_END)[:5]}] {g.fake.first_name().lower()}: ")
-        d.sentence(t, v)
-        t.add("\n")
-    t.add(f"[{g.fake.time(end_datetime=_END)[:5]}] {g.fake.first_name().lower()}: {g.fake.sentence()}\n")
+    d.weave(
+        t, d.values(), d.room(0.7), lambda: _stamp(d) + d.chat_line() + "\n", _chat_put(d, lambda: _stamp(d))
+    )
+    t.add(_stamp(d) + d.chat_line() + "\n")
+    return "", t, []
+
+
+@template("chat_standup", "chat", ("engineering", "support", "sales", "finance"))
+def _chat_standup(d: _Doc):
+    r = d.g.rng
+
+    def update() -> str:
+        return f"{_stamp(d, 90)}yesterday: {d.sents(1)} today: {d.sents(1)} blockers: none\n"
+
+    def put(t: _Text, v) -> None:
+        t.add(f"{_stamp(d, 90)}yesterday: {d.sents(1)} today: ")
+        d.carry(t, v, lead=0.0, tail=0.0)
+        t.add(" blockers: " + r.choice(["none", "waiting on review", "none 🎉"]) + "\n")
+
+    t = _Text(f"[{d.clock:%H:%M}] standup-bot: Good morning! Please post your update for {d.clock:%A}.\n")
+    d.weave(t, d.values(), d.room(0.8), update, put)
     return "", t, []
 
 
 @template("chat_support_ticket", "chat", ("support", "sales"))
 def _chat_support(d: _Doc):
-    g = d.g
-    t = _Text().add(f"Ticket #{g.fake.numerify('######')}\nCustomer says: ")
-    d.prose(t, d.values(), sep=". ", filler=0.2)
-    t.add("\nAgent: thanks, looking into it.")
+    r = d.g.rng
+    agent = r.choice(d.people)
+    t = _Text(d.say(f"Ticket #{r.randint(100000, 999999)} · {{plan}} plan · opened {{isodate}}\n\n"))
+    t.add("Customer: " + d.say(r.choice(["Hi, ", "Hello, ", "hi there, "])) + d.sents(1, "support") + "\n")
+
+    def turn() -> str:
+        who = r.choice(["Customer", f"Agent ({agent})"])
+        return f"{who}: {d.sents(r.randint(1, 2), 'support')}\n"
+
+    def put(t: _Text, v) -> None:
+        t.add("Customer: ")
+        d.carry(t, v, lead=0.3, tail=0.2)
+        t.add("\n")
+
+    d.weave(t, d.values(), d.room(0.8), turn, put)
+    t.add(f"Agent ({agent}): thanks, looking into it now.")
+    return "", t, []
+
+
+@template("chat_dm_handoff", "chat")
+def _chat_handoff(d: _Doc):
+    t = _Text(d.say("hey! handing over a few things while I'm out {day} to {day}:\n"))
+    d.weave(t, d.values(), d.room(0.7), _bullet(d, "• "), _carry_bullet(d, "• "))
+    t.add(d.say("ping {first} if anything is on fire 🔥\n"))
     return "", t, []
 
 
 @template("chat_thread_reply", "chat")
 def _chat_thread(d: _Doc):
-    g = d.g
-    t = _Text().add("> " + g.fake.sentence() + "\n")
-    d.prose(t, d.values(), sep=" / ", filler=0.3)
+    r = d.g.rng
+    t = _Text("> " + d.sents(r.randint(1, 3)) + "\n")
+
+    def reply() -> str:
+        return f"{r.choice(d.people).lower()}: {d.chat_line()}\n"
+
+    d.weave(t, d.values(), d.room(0.7), reply, _chat_put(d, lambda: f"{r.choice(d.people).lower()}: "))
     return "", t, []
+
+
+@template("chat_incident_channel", "chat", ("engineering", "support"))
+def _chat_incident(d: _Doc):
+    r = d.g.rng
+    sev = r.choice(["SEV1", "SEV2", "SEV3"])
+    t = _Text(
+        f"[{d.clock:%H:%M}] incident-bot: 🚨 {sev} declared for {d.service}, commander: {d.people[0]}\n"
+    )
+
+    def line() -> str:
+        if r.random() < 0.06:
+            return f"[{d.tick():%H:%M}] incident-bot: status update requested\n"
+        return _stamp(d) + (d.sents(1, "engineering") if r.random() < 0.6 else d.chat_line()) + "\n"
+
+    d.weave(t, d.values(), d.room(0.75), line, _chat_put(d, lambda: _stamp(d)))
+    t.add(f"[{d.tick():%H:%M}] incident-bot: {sev} resolved, postmortem due {r.choice(DAYS)}\n")
+    return "", t, []
+
+
+# -- pull requests
+
+
+def _key(d: _Doc, v) -> str:
+    """A field name for the value or hard negative `v`; a negative gets the name its look-alike would have
+    (a test card under `card_number`), so the key never gives the answer away."""
+    return d.g.rng.choice(KEYS[v[0]] if len(v) == 3 else NEG_KEYS[v[0]])
 
 
 def _kv_line(d: _Doc, t: _Text, v, fmt: str) -> None:
     """One `key = value` line in the syntax of `fmt`; the span covers the value only."""
-    g = d.g
-    key = g.rng.choice(KEYS.get(v[0], ("value", "ref", "id")))
-    if fmt in ("json", "yaml") and "\n" in v[1]:  # multi-line values need a block form; keep it prose
-        d.sentence(t.add("# "), v)
+    key = _key(d, v)
+    if fmt in ("json", "yaml", "sql") and "\n" in v[1]:  # multi-line values need a block form; keep it prose
+        t.add({"sql": "-- "}.get(fmt, "# "))
+        d.carry(t, v, lead=0.0, tail=0.0)
         t.add("\n")
         return
     pre, post = {
@@ -614,42 +1509,61 @@ def _kv_line(d: _Doc, t: _Text, v, fmt: str) -> None:
         "py": (f'{key.upper()} = "', '"\n'),
         "yaml": (f"  {key.lower()}: ", "\n"),
         "json": (f'  "{key.lower()}": "', '",\n'),
+        "sh": (f'export {key.upper()}="', '"\n'),
+        "sql": (f"INSERT INTO settings (name, value) VALUES ('{key.lower()}', '", "');\n"),
     }[fmt]
-    t.add(pre)
-    t.val(v) if len(v) == 3 else t.neg(v)
-    t.add(post)
+    t.add(pre).item(v).add(post)
 
 
-def _diff(d: _Doc, path: str, fmt: str) -> _Text:
-    g = d.g
-    t = _Text().add(
-        f"diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n@@ -1,3 +1,{g.rng.randint(4, 9)} @@\n"
-    )
-    t.add(
-        " "
-        + {"env": "# settings", "py": "import os", "yaml": "config:", "json": "{", "md": "# Setup"}[fmt]
-        + "\n"
-    )
-    for v in d.values():
+def _diff(d: _Doc, path: str, fmt: str, items: list, until: int) -> _Text:
+    r, f = d.g.rng, d.g.fake
+    t = _Text(f"diff --git a/{path} b/{path}\nindex {f.sha1()[:7]}..{f.sha1()[:7]} 100644\n--- a/{path}\n")
+    t.add(f"+++ b/{path}\n")
+    line_no = [r.randint(1, 40)]
+
+    def hunk() -> str:
+        block = r.choice(CODE[fmt]).split("\n")
+        a = line_no[0]
+        line_no[0] += len(block) + r.randint(3, 30)
+        mark = r.choice([" ", " ", "+", "-"])  # context, or lines this change adds or removes
+        body = "".join(mark + ln + "\n" for ln in block)
+        return f"@@ -{a},{len(block)} +{a},{len(block) + 1} @@\n" + body
+
+    def put(t: _Text, v) -> None:
         t.add("+")
-        if fmt == "md" or (fmt == "py" and g.rng.random() < 0.3):
-            t.add("# " if fmt == "py" else "")
-            d.sentence(t, v)
+        if fmt == "md" or (fmt in ("py", "sh") and r.random() < 0.3):
+            t.add("# " if fmt != "md" else "")
+            d.carry(t, v, lead=0.1, tail=0.0)
             t.add("\n")
         else:
             _kv_line(d, t, v, fmt)
+
+    t.add(hunk())  # a diff opens with a hunk, however short the change
+    d.weave(t, items, until, hunk, put)
     return t
 
 
 def _pr(d: _Doc, path: str, fmt: str):
-    g = d.g
-    d.metadata["repo_visibility"] = g.rng.choice(["private", "private", "internal", "public"])
+    r = d.g.rng
+    d.metadata["repo_visibility"] = r.choice(["private", "private", "internal", "public"])
     if d.metadata["repo_visibility"] == "public":
         d.metadata["destination"] = "public"
-    body = _Text().add(g.fake.sentence() + "\n\n")
-    if g.rng.random() < 0.3:
-        body.add("Reviewed with ").val(("NAME", g.fake.name(), None)).add(".")
-    return f"Update {path}", body, [(path, "text/x-diff", _diff(d, path, fmt))]
+    items = d.values()
+    k = sum(r.random() < 0.15 for _ in items)  # a few values land in the description, most in the diff
+    body = _Text("## Summary\n" + d.para("engineering") + "\n\n")
+    for v in items[:k]:
+        d.carry(body, v)
+        body.add("\n\n")
+    body.add("## Changes\n" + "".join(f"- {c}\n" for c in r.sample(PR_CHANGES, r.randint(2, 4))))
+    body.add(
+        "\n## Testing\n- "
+        + r.choice(["unit tests pass locally", "ran the integration suite", "manual QA on staging"])
+    )
+    if r.random() < 0.3:
+        body.add("\n\nReviewed with ").val(("NAME", d.g.fake.name(), None)).add(".")
+    diff = _diff(d, path, fmt, items[k:], d.room(reserve=body.n))
+    title = r.choice(PR_CHANGES)
+    return f"{title} ({path})", body, [(path, "text/x-diff", diff)]
 
 
 @template("pr_env_diff", "pr", ("engineering",))
@@ -672,84 +1586,200 @@ def _pr_json(d):
     return _pr(d, d.g.rng.choice(["config.json", "appsettings.json", "fixtures/users.json"]), "json")
 
 
+@template("pr_shell_diff", "pr", ("engineering",))
+def _pr_shell(d):
+    return _pr(d, d.g.rng.choice(["scripts/deploy.sh", "bin/bootstrap.sh", "ops/rotate.sh"]), "sh")
+
+
 @template("pr_readme_diff", "pr", ("engineering",))
 def _pr_readme(d):
     return _pr(d, d.g.rng.choice(["README.md", "docs/setup.md", "CONTRIBUTING.md"]), "md")
 
 
+@template("pr_sql_migration", "pr", ("engineering",))
+def _pr_sql(d):
+    return _pr(d, f"db/migrations/{d.g.rng.randint(1, 250):04d}_{d.g.fake.word()}.sql", "sql")
+
+
+# -- uploads
+
+
+def _rows(d: _Doc, a: _Text, header: str, row: str, sep: str = ",") -> None:
+    """A table of mostly harmless rows; a few rows carry a value in the last (notes) column."""
+    r = d.g.rng
+    a.add(header.replace(",", sep) + "\n")
+
+    def filler() -> str:
+        return d.say(row.replace(",", sep) + r.choice(CSV_NOTES)) + "\n"
+
+    def put(t: _Text, v) -> None:
+        t.add(d.say(row.replace(",", sep)))
+        if r.random() < 0.5:
+            t.add('"').item(v).add('"\n')
+        else:
+            d.carry(t, v, lead=0.0, tail=0.0, end="")
+            t.add("\n")
+
+    d.weave(a, d.values(), d.room(0.9), filler, put)
+
+
 @template("upload_csv", "upload", ("hr", "finance", "sales"))
 def _up_csv(d: _Doc):
-    g = d.g
-    a = _Text().add("id,field,value,updated\n")
-    for i, v in enumerate(d.values()):
-        a.add(f'{i + 1},{v[0].lower()},"')
-        a.val(v) if len(v) == 3 else a.neg(v)
-        a.add(f'",{g.fake.date(end_datetime=_END)}\n')
-    return "", _Text().add("export attached"), [(g.fake.file_name(extension="csv"), "text/csv", a)]
+    r = d.g.rng
+    a = _Text()
+    _rows(d, a, *r.choice(CSV_SCHEMAS))
+    body = r.choice(["export attached", "here's the export you asked for", "", "csv from the report builder"])
+    return "", _Text(body), [(d.g.fake.file_name(extension="csv"), "text/csv", a)]
+
+
+@template("upload_tsv", "upload", ("hr", "finance", "support"))
+def _up_tsv(d: _Doc):
+    r = d.g.rng
+    a = _Text()
+    _rows(d, a, *r.choice(CSV_SCHEMAS), sep="\t")
+    return (
+        "",
+        _Text(r.choice(["tab-separated dump", "", "weekly sheet"])),
+        [("sheet.tsv", "text/tab-separated-values", a)],
+    )
 
 
 @template("upload_log", "upload", ("engineering", "support"))
 def _up_log(d: _Doc):
-    g = d.g
+    r = d.g.rng
+
+    def stamp(level: str) -> str:
+        return f"{d.tick(20):%Y-%m-%dT%H:%M:%S}Z {level} [{d.slots['service']()}] "
+
+    def line() -> str:
+        return stamp(r.choice(["INFO", "INFO", "INFO", "DEBUG", "WARN"])) + d.say(r.choice(LOG_MSGS)) + "\n"
+
+    def put(t: _Text, v) -> None:
+        t.add(stamp(r.choice(["WARN", "ERROR", "DEBUG"])))
+        if r.random() < 0.5:
+            t.phrase(r.choice(LOG_CARRIERS), v)
+        else:
+            d.carry(t, v, lead=0.0, tail=0.0, end="")
+        t.add("\n")
+
     a = _Text()
-    for v in d.values():
-        level = g.rng.choice(["INFO", "WARN", "DEBUG", "ERROR"])
-        a.add(f"{g.fake.iso8601(end_datetime=_END)} {level} [{g.fake.word()}] ")
-        d.sentence(a, v)
-        a.add("\n")
-    a.add(f"{g.fake.iso8601(end_datetime=_END)} INFO done\n")
-    return "", _Text().add("logs from the incident"), [("app.log", "text/plain", a)]
+    d.weave(a, d.values(), d.room(0.95), line, put)
+    a.add(stamp("INFO") + "shutdown complete\n")
+    return (
+        "",
+        _Text(r.choice(["logs from the incident", "", "app.log attached"])),
+        [("app.log", "text/plain", a)],
+    )
+
+
+@template("upload_report", "upload", ("engineering", "finance", "sales", "support", "hr"))
+def _up_report(d: _Doc):
+    r = d.g.rng
+    a = _Text(d.say(f"# {d.team.title()} weekly report, week of {{date}}\n\n## Highlights\n"))
+    for _ in range(r.randint(2, 4)):
+        a.add("- " + d.sents(1) + "\n")
+    a.add("\n## Metrics\n\n| metric | this week | last week |\n|---|---|---|\n")
+    for m in r.sample(["tickets closed", "deploys", "signups", "revenue", "incidents", "NPS", "hires"], 3):
+        a.add(d.say(f"| {m} | {{n}} | {{n}} |\n"))
+    a.add("\n## Notes and risks\n\n")
+    d.weave(a, d.values(), d.room(0.95), d.para_sep, d.carry_para)
+    return "", _Text("weekly report"), [("report.md", "text/markdown", a)]
 
 
 @template("upload_env", "upload", ("engineering",))
 def _up_env(d: _Doc):
-    a = _Text().add("# generated\n")
-    for v in d.values():
-        _kv_line(d, a, v, "env")
-    return "", _Text(), [("prod.env", "text/plain", a)]
+    r = d.g.rng
+    a = _Text(d.say("# generated {isodate}\n"))
+    d.weave(
+        a,
+        d.values(),
+        d.room(0.95),
+        lambda: r.choice(CODE["env"]) + "\n\n",
+        lambda t, v: _kv_line(d, t, v, "env"),
+    )
+    return "", _Text(), [(r.choice(["prod.env", ".env.local", "worker.env"]), "text/plain", a)]
 
 
 @template("upload_json", "upload", ("engineering", "finance", "support"))
 def _up_json(d: _Doc):
-    a = _Text().add("{\n")
-    for v in d.values():
-        _kv_line(d, a, v, "json")
+    r = d.g.rng
+    a = _Text("{\n")
+    d.weave(
+        a,
+        d.values(),
+        d.room(0.95),
+        lambda: r.choice(CODE["json"]) + "\n",
+        lambda t, v: _kv_line(d, t, v, "json"),
+    )
     a.add('  "ok": true\n}\n')
-    return "", _Text().add("payload"), [("payload.json", "application/json", a)]
+    return "", _Text("payload"), [("payload.json", "application/json", a)]
+
+
+@template("upload_json_test", "upload", ("engineering", "finance"))
+def _up_json_test(d: _Doc):  # a nested JSON layout unlike the flat one in val
+    r = d.g.rng
+
+    def record() -> str:
+        kind = r.choice(["event", "metric", "note"])
+        data = {"event": lambda: d.say(r.choice(LOG_MSGS)), "metric": lambda: d.say("latency_p99={ms}ms"),
+                "note": lambda: d.sents(1)}[kind]()  # fmt: skip
+        return f'  {{"kind": "{kind}", "at": "{d.tick(600):%Y-%m-%dT%H:%M:%S}", "data": "{data}"}},\n'
+
+    def put(t: _Text, v) -> None:
+        kind = _key(d, v) if r.random() < 0.5 else "note"
+        t.add(f'  {{"kind": "{kind}", "at": "{d.tick(600):%Y-%m-%dT%H:%M:%S}", "data": "')
+        if kind == "note" and "\n" not in v[1]:
+            d.carry(t, v, lead=0.0, tail=0.0, end="")
+        else:
+            t.item(v)
+        t.add('"},\n')
+
+    a = _Text('{"records": [\n')
+    d.weave(a, d.values(), d.room(0.95), record, put)
+    a.add("  {}\n]}\n")
+    return "", _Text("dump"), [("records.json", "application/json", a)]
 
 
 @template("upload_notes", "upload")
 def _up_notes(d: _Doc):
-    a = _Text().add("MEETING NOTES\n\n")
-    d.prose(a, d.values(), sep=".\n", filler=0.6)
+    r = d.g.rng
+    a = _Text(
+        d.say(f"MEETING NOTES, {d.team} - {{date}}\n\nPresent: ") + ", ".join(d.people[: r.randint(2, 4)])
+    )
+    a.add("\n\n")
+    d.weave(a, d.values(), d.room(0.9), d.para_sep, d.carry_para)
+    a.add(d.say("Next meeting: {day} at {time}\n"))
     return "", _Text(), [("notes.md", "text/markdown", a)]
+
+
+@template("upload_letter", "upload", ("legal", "hr", "finance", "sales"))
+def _up_letter(d: _Doc):
+    r = d.g.rng
+    a = _Text(d.say(f"{d.company}\n{{date}}, 2024\n\nDear {{first}},\n\n"))
+    d.weave(a, d.values(), d.room(0.9, reserve=60), d.para_sep, d.carry_para)
+    a.add(r.choice(["Sincerely,", "Yours sincerely,", "Kind regards,"]) + "\n\n").val(
+        ("NAME", d.sender_name, None)
+    )
+    a.add("\n" + d.g.fake.job() + "\n")
+    return "", _Text(r.choice(["letter attached", "signed letter", ""])), [("letter.txt", "text/plain", a)]
 
 
 # Disjoint template sets per split; every channel appears in every split.
 SPLIT_TEMPLATES = {
     "train": (
-        "email_plain", "email_reply_chain", "email_hr_onboarding", "chat_informal", "chat_transcript",
-        "pr_env_diff", "pr_py_diff", "pr_yaml_diff", "upload_csv", "upload_log",
+        "email_plain", "email_reply_chain", "email_hr_onboarding", "email_meeting_followup", "chat_informal",
+        "chat_transcript", "chat_standup", "pr_env_diff", "pr_py_diff", "pr_yaml_diff", "upload_csv",
+        "upload_log", "upload_report",
     ),
     "val": (
-        "email_forward", "email_legal_memo", "chat_support_ticket", "pr_json_diff", "upload_env",
-        "upload_json",
+        "email_forward", "email_legal_memo", "email_vendor_followup", "chat_support_ticket",
+        "chat_dm_handoff", "pr_json_diff", "pr_shell_diff", "upload_env", "upload_json", "upload_tsv",
     ),
     "test": (
-        "email_with_attachment", "chat_thread_reply", "pr_readme_diff", "upload_notes", "upload_json_test",
+        "email_with_attachment", "email_support_escalation", "chat_thread_reply", "chat_incident_channel",
+        "pr_readme_diff", "pr_sql_migration", "upload_notes", "upload_json_test", "upload_letter",
     ),
 }  # fmt: skip
-
-
-@template("upload_json_test", "upload", ("engineering", "finance"))
-def _up_json_test(d: _Doc):  # a nested JSON layout unlike the flat one in val
-    a = _Text().add('{"records": [\n')
-    for v in d.values():
-        a.add('  {"type": "' + v[0].lower() + '", "data": "')
-        a.val(v) if len(v) == 3 else a.neg(v)
-        a.add('"},\n')
-    a.add("  {}\n]}\n")
-    return "", _Text().add("dump"), [("records.json", "application/json", a)]
 
 
 # ----------------------------------------------------------------------------- generation
@@ -786,7 +1816,7 @@ def _finish(d: _Doc, name: str, subject, body: _Text, atts: list) -> Example:
             negs.append((path, start, end, kind))
     # Addresses in the header fields are real-looking emails too (never documentation domains).
     for path, value in [("sender", d.sender_addr)] + [
-        (f"recipients.{i}", r) for i, r in enumerate(d.recipients)
+        (f"recipients.{i}", a) for i, a in enumerate(d.recipient_addrs)
     ]:
         raw = doc.field_text(path)
         start = raw.index(value)
@@ -794,27 +1824,43 @@ def _finish(d: _Doc, name: str, subject, body: _Text, atts: list) -> Example:
     return Example(doc, spans, obf, negs, name, forms)
 
 
-def _example(seed: int, split: str, i: int) -> Example:
-    g = _Gen(zlib.crc32(f"{seed}/{split}/{i}".encode()), split)
+def _check_difficulty(difficulty: str) -> None:
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
+
+
+def _example(seed: int, split: str, i: int, difficulty: str = "mixed") -> Example:
+    """Document `i` of (seed, split, difficulty); it does not depend on how many documents are drawn."""
+    _check_difficulty(difficulty)
+    key = f"{seed}/{split}/{i}" + ("" if difficulty == "mixed" else f"/{difficulty}")
+    g = _Gen(zlib.crc32(key.encode()), split)
     names = SPLIT_TEMPLATES[split]
     name = names[g.rng.randrange(len(names))]
     channel, roles, fn = TEMPLATES[name]
-    d = _Doc(g, channel, roles)
+    d = _Doc(g, channel, roles, difficulty)
     subject, body, atts = fn(d)
     return _finish(d, name, subject, body, atts)
 
 
-def generate(n: int, seed: int = 0, split: str = "train") -> list[Example]:
-    """`n` documents of `split`; the same (n, seed, split) always gives the same documents, and document i
-    does not depend on n (so a larger corpus extends a smaller one)."""
+def generate(n: int, seed: int = 0, split: str = "train", difficulty: str = "mixed") -> list[Example]:
+    """`n` documents of `split` at `difficulty` (easy | mixed | hard); the same (n, seed, split, difficulty)
+    always gives the same documents, and document i does not depend on n (so a larger corpus extends a
+    smaller one)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    _check_difficulty(difficulty)
     out = []
     for i in range(n):
-        ex = _example(seed, split, i)
-        ex.doc.id = f"{split}-{seed}-{i:06d}"
+        ex = _example(seed, split, i, difficulty)
+        ex.doc.id = doc_id(seed, split, i, difficulty)
         out.append(ex)
     return out
+
+
+def doc_id(seed: int, split: str, i: int, difficulty: str = "mixed") -> str:
+    """`train-0-000042` for mixed documents (as before the difficulty knob), `train-hard-0-000042` else."""
+    tag = split if difficulty == "mixed" else f"{split}-{difficulty}"
+    return f"{tag}-{seed}-{i:06d}"
 
 
 def example_record(ex: Example) -> dict:
