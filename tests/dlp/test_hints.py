@@ -61,11 +61,10 @@ def test_packed_ids_reach_the_model_and_change_its_input():
 
 
 def test_build_dataset_packs_hints_only_when_asked():
+    from chinwag.dlp.dsl import serialize
     from chinwag.dlp.synth import generate
     from chinwag.dlp.tokenizer import DLPTokenizer
     from chinwag.dlp.train import build_dataset
-
-    from chinwag.dlp.dsl import serialize
 
     exs = generate(12, seed=0, split="train")
     tok = DLPTokenizer.train([serialize(e.doc).text for e in exs], vocab_size=800, seed=0)

@@ -213,3 +213,21 @@ def test_density_16k():
     tok16 = DLPTokenizer.train(texts, vocab_size=16000, seed=0, general=0.5)
     d = density(tok16, [dsl.serialize(e.doc).text for e in synth.generate(500, seed=0, split="test")])
     assert d["mean"] < 560 and d["p50"] < 530 and d["p95"] < 760
+
+
+def test_decoder_drops_stray_tags_inside_words_and_too_short_spans():
+    from chinwag.dlp.labels import TAG_TO_ID
+    from chinwag.dlp.tokenizer import Encoding, tokens_to_spans
+
+    ser = dsl.serialize(
+        dsl.Document(channel="chat", role="support", body="x DEFAULT NULL, call 415-555-0132. NDA")
+    )
+    body = ser.text.index("x DEFAULT")
+    enc = Encoding([0] * 4, [(body + 4, body + 9), (body + 11, body + 14), (body + 21, body + 34),
+                             (body + 35, body + 38)])  # fmt: skip
+    assert tokens_to_spans(ser, enc, 0, 1, "SECRET_KEY") == []  # "FAULT" of DEFAULT: starts mid-word
+    assert tokens_to_spans(ser, enc, 1, 2, "SECRET_KEY") == []  # "ULL": mid-word and too short
+    (phone,) = tokens_to_spans(ser, enc, 2, 3, "PHONE")  # "415-555-0132." loses the full stop
+    assert ser.text[ser.span_to_text(phone)[0] : ser.span_to_text(phone)[1]] == "415-555-0132"
+    assert len(tokens_to_spans(ser, enc, 3, 4, "NDA_TERM")) == 1  # 3 characters are enough for "NDA"
+    assert TAG_TO_ID["O"] == 0

@@ -344,9 +344,16 @@ def tokens_to_spans(ser: Serialized, enc: Encoding, i: int, j: int, label: str) 
         a += 1
     while b > a and _edge(ser.text[b - 1], trail):
         b -= 1
-    # a stray tag on one piece ("VI" of VISA, a lone ".") is noise, not a value: every label's value has
-    # at least 3 characters, 2 of them letters or digits (obfuscated ones included)
-    if b - a < 3 or sum(c.isalnum() for c in ser.text[a:b]) < 2:
+    # a stray tag on one piece ("VI" of VISA, a lone ".") is noise, not a value: every value has at least
+    # 5 characters ("NDA": 3), 2 of them letters or digits (obfuscated ones included)
+    if b - a < (3 if label == "NDA_TERM" else 5) or sum(c.isalnum() for c in ser.text[a:b]) < 2:
+        return []
+    # values are delimited: a span that starts or ends inside a word ("ULL" of NULL, "FAULT" of DEFAULT)
+    # is a stray tag on a piece of an ordinary word
+    t = ser.text
+    if (a > 0 and t[a - 1].isalnum() and t[a].isalnum()) or (
+        b < len(t) and t[b].isalnum() and t[b - 1].isalnum()
+    ):
         return []
     return ser.text_to_spans(a, b, label)
 
