@@ -38,11 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from chinwag.dlp import metrics
-from chinwag.dlp.dsl import Document, DocumentError
+from chinwag.dlp.dsl import Document
 from chinwag.dlp.labels import LABELS, Span
 from chinwag.dlp.model import DOC_HEADS
 from chinwag.dlp.policy import document_labels
 from chinwag.dlp.synth import Example
+from chinwag.dlp.synth import example_from_record as synth_record
 from chinwag.utils import iter_jsonl
 
 
@@ -54,39 +55,8 @@ class EvalDataError(ValueError):
 
 
 def example_from_record(rec: dict, where: str = "<record>") -> Example:
-    """A `chinwag dlp synth` record -> synth.Example (document, gold spans, obfuscation forms, negatives)."""
-    if not isinstance(rec, dict):
-        raise EvalDataError(f"{where}: expected a JSON object")
-    keep = set(Document.__dataclass_fields__)
-    try:
-        doc = Document.from_dict({k: v for k, v in rec.items() if k in keep})
-    except DocumentError as e:
-        raise EvalDataError(f"{where}: {e}") from None
-    if not isinstance(rec.get("spans"), list):
-        raise EvalDataError(f"{where}: spans: missing or not a list (eval needs gold spans, as written by "
-                            "`chinwag dlp synth`)")  # fmt: skip
-    spans, obf, forms = [], set(), {}
-    for i, s in enumerate(rec["spans"]):
-        try:
-            sp = Span.from_dict(s)
-            value = doc.field_text(sp.field)
-        except (KeyError, TypeError, ValueError) as e:  # DocumentError is a ValueError
-            raise EvalDataError(f"{where}: spans.{i}: {e}") from None
-        if sp.end > len(value):
-            raise EvalDataError(
-                f"{where}: spans.{i}: end {sp.end} is past the end of {sp.field} ({len(value)})"
-            )
-        spans.append(sp)
-        if s.get("obfuscated"):
-            obf.add(sp)
-            forms[sp] = str(s.get("form") or "unknown")
-    negs = []
-    for i, n in enumerate(rec.get("hard_negatives") or []):
-        try:
-            negs.append((str(n["field"]), int(n["start"]), int(n["end"]), str(n["kind"])))
-        except (KeyError, TypeError, ValueError) as e:
-            raise EvalDataError(f"{where}: hard_negatives.{i}: bad entry ({e})") from None
-    return Example(doc, spans, obf, negs, str(rec.get("template", "")), forms)
+    """A `chinwag dlp synth` record -> synth.Example; eval needs gold spans, so they are required."""
+    return synth_record(rec, where, need_spans=True, error=EvalDataError)
 
 
 def read_examples(path: str | Path, limit: int | None = None) -> list[Example]:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from faker import Faker
 
-from chinwag.dlp.dsl import Attachment, Document
+from chinwag.dlp.dsl import Attachment, Document, DocumentError
 from chinwag.dlp.labels import LABELS, Span, is_public_test_card, luhn_ok
 from chinwag.utils import atomic_path
 
@@ -1897,3 +1897,40 @@ def write_jsonl(examples: list[Example], path: str | Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             for ex in examples:
                 f.write(json.dumps(example_record(ex), ensure_ascii=False) + "\n")
+
+
+def example_from_record(
+    rec: dict, where: str = "<record>", need_spans: bool = False, error: type[ValueError] = ValueError
+) -> Example:
+    """The inverse of `example_record`: a JSONL record -> Example (document, gold spans, obfuscation forms,
+    negatives). Errors are `error`s whose message starts with `where` and names the field."""
+    if not isinstance(rec, dict):
+        raise error(f"{where}: expected a JSON object")
+    keep = set(Document.__dataclass_fields__)
+    try:
+        doc = Document.from_dict({k: v for k, v in rec.items() if k in keep})
+    except DocumentError as e:
+        raise error(f"{where}: {e}") from None
+    if need_spans and not isinstance(rec.get("spans"), list):
+        raise error(f"{where}: spans: missing or not a list (eval needs gold spans, as written by "
+                            "`chinwag dlp synth`)")  # fmt: skip
+    spans, obf, forms = [], set(), {}
+    for i, s in enumerate(rec.get("spans") or []):
+        try:
+            sp = Span.from_dict(s)
+            value = doc.field_text(sp.field)
+        except (KeyError, TypeError, ValueError) as e:  # DocumentError is a ValueError
+            raise error(f"{where}: spans.{i}: {e}") from None
+        if sp.end > len(value):
+            raise error(f"{where}: spans.{i}: end {sp.end} is past the end of {sp.field} ({len(value)})")
+        spans.append(sp)
+        if s.get("obfuscated"):
+            obf.add(sp)
+            forms[sp] = str(s.get("form") or "unknown")
+    negs = []
+    for i, n in enumerate(rec.get("hard_negatives") or []):
+        try:
+            negs.append((str(n["field"]), int(n["start"]), int(n["end"]), str(n["kind"])))
+        except (KeyError, TypeError, ValueError) as e:
+            raise error(f"{where}: hard_negatives.{i}: bad entry ({e})") from None
+    return Example(doc, spans, obf, negs, str(rec.get("template", "")), forms)

@@ -95,38 +95,9 @@ FLAG_LABELS = {
 def read_examples(path: str | Path) -> list:
     """Examples from a JSONL written by `chinwag dlp synth` (document fields + `spans` + `hard_negatives`).
     Raises ValueError naming the file, line and field."""
-    from chinwag.dlp.dsl import Document, DocumentError
-    from chinwag.dlp.synth import Example
+    from chinwag.dlp.synth import example_from_record
 
-    keep = set(Document.__dataclass_fields__)
-    out = []
-    for where, rec in iter_jsonl(path):
-        if not isinstance(rec, dict):
-            raise ValueError(f"{where}: expected a JSON object")
-        try:
-            doc = Document.from_dict({k: v for k, v in rec.items() if k in keep})
-        except DocumentError as e:
-            raise ValueError(f"{where}: {e}") from None
-        spans, obf, forms = [], set(), {}
-        for k, s in enumerate(rec.get("spans", [])):
-            try:
-                sp = Span(s["field"], int(s["start"]), int(s["end"]), s["label"])
-                if sp.end > len(doc.field_text(sp.field)):
-                    raise ValueError(f"end {sp.end} is past the end of field {sp.field!r}")
-            except (KeyError, TypeError, ValueError) as e:  # DocumentError is a ValueError
-                raise ValueError(f"{where}: spans.{k}: {e}") from None
-            spans.append(sp)
-            if s.get("obfuscated"):
-                obf.add(sp)
-                forms[sp] = s.get("form")
-        try:
-            negs = [
-                (n["field"], int(n["start"]), int(n["end"]), n["kind"]) for n in rec.get("hard_negatives", [])
-            ]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{where}: hard_negatives: {e}") from None
-        doc.id = rec.get("id", doc.id)
-        out.append(Example(doc, spans, obf, negs, rec.get("template", ""), forms))
+    out = [example_from_record(rec, where) for where, rec in iter_jsonl(path)]
     if not out:
         raise ValueError(f"{path}: no documents")
     return out
@@ -160,7 +131,11 @@ def flag_targets(spans, flags=tuple(FLAG_LABELS)) -> list[float]:
 
 
 def build_dataset(
-    examples, tok: DLPTokenizer, max_len: int, flags=tuple(FLAG_LABELS), progress: Callable | None = None,
+    examples,
+    tok: DLPTokenizer,
+    max_len: int,
+    flags=tuple(FLAG_LABELS),
+    progress: Callable | None = None,
     hints: bool = False,
 ) -> DLPDataset:
     """Serialize, encode (truncating to `max_len` tokens), tag, and pad to the longest kept document.
