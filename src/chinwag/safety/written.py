@@ -16,6 +16,7 @@ A conversation becomes one training text the way GuardSession reads it at infere
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -82,7 +83,8 @@ def normalize(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
 
 
-def eval_texts(folder: str | Path = WRITTEN_DIR.parent) -> set[str]:
+@functools.cache  # read once per process: the loader and the template filter both ask
+def eval_texts(folder: str | Path = WRITTEN_DIR.parent) -> frozenset[str]:
     """Every user message of the evaluation sets (heldout.jsonl, test_blind*.jsonl), normalized."""
     out: set[str] = set()
     for path in [Path(folder) / "heldout.jsonl", *sorted(Path(folder).glob("test_blind*.jsonl"))]:
@@ -94,7 +96,7 @@ def eval_texts(folder: str | Path = WRITTEN_DIR.parent) -> set[str]:
                 turns = rec.get("turns") or [{"role": "user", "content": rec.get("text", "")}]
                 out |= {normalize(t["content"]) for t in turns if t.get("role", "user") == "user"}
     out.discard("")
-    return out
+    return frozenset(out)
 
 
 def load_written(folder: str | Path = WRITTEN_DIR, window_turns: int = 3,
